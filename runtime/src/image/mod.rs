@@ -1,0 +1,13 @@
+//! The image half of the runtime: references, registries, content, snapshots and the image store.
+
+pub mod content;
+pub mod digest;
+pub mod import;
+pub mod keyed_lock;
+pub mod manager;
+pub mod manifest;
+pub mod reference;
+pub mod registry;
+pub mod snapshot;
+pub mod store;
+pub mod unpack;
