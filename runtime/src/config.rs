@@ -15,7 +15,10 @@ pub const DEFAULT_REGISTRY_CONFIG_DIR: &str = "/etc/keelson/certs.d";
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("invalid config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("invalid cgroup driver {0:?}: expected cgroupfs, systemd or auto")]
@@ -117,12 +120,19 @@ pub fn socket_path(s: &str) -> PathBuf {
 }
 
 fn split_dirs(s: &str) -> Vec<PathBuf> {
-    s.split(':').filter(|p| !p.is_empty()).map(PathBuf::from).collect()
+    s.split(':')
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .collect()
 }
 
 impl RuntimeConfig {
     /// Flags override the file, the file overrides defaults.
-    pub fn assemble(file: FileConfig, flags: FlagOverrides, systemd_booted: bool) -> Result<Self, ConfigError> {
+    pub fn assemble(
+        file: FileConfig,
+        flags: FlagOverrides,
+        systemd_booted: bool,
+    ) -> Result<Self, ConfigError> {
         let driver = flags
             .cgroup_driver
             .or(file.cgroup_driver)
@@ -130,9 +140,20 @@ impl RuntimeConfig {
         let mut insecure = file.insecure_registries.unwrap_or_default();
         insecure.extend(flags.insecure_registries);
         Ok(Self {
-            socket: socket_path(&flags.socket.or(file.socket).unwrap_or_else(|| DEFAULT_SOCKET.into())),
-            root: flags.root.or(file.root).unwrap_or_else(|| DEFAULT_ROOT.into()),
-            state: flags.state.or(file.state).unwrap_or_else(|| DEFAULT_STATE.into()),
+            socket: socket_path(
+                &flags
+                    .socket
+                    .or(file.socket)
+                    .unwrap_or_else(|| DEFAULT_SOCKET.into()),
+            ),
+            root: flags
+                .root
+                .or(file.root)
+                .unwrap_or_else(|| DEFAULT_ROOT.into()),
+            state: flags
+                .state
+                .or(file.state)
+                .unwrap_or_else(|| DEFAULT_STATE.into()),
             cni_conf_dir: flags
                 .cni_conf_dir
                 .or(file.cni_conf_dir)
@@ -175,19 +196,29 @@ mod tests {
         assert_eq!(c.state, PathBuf::from(DEFAULT_STATE));
         assert_eq!(c.insecure_registries, vec!["reg:5000", "other:80"]);
         assert_eq!(c.cgroup_driver, CgroupDriver::Systemd);
-        assert_eq!(c.cni_bin_dirs, vec![PathBuf::from("/opt/cni/bin"), PathBuf::from("/usr/lib/cni")]);
+        assert_eq!(
+            c.cni_bin_dirs,
+            vec![PathBuf::from("/opt/cni/bin"), PathBuf::from("/usr/lib/cni")]
+        );
     }
 
     #[test]
     fn auto_driver_follows_init_system() {
-        assert_eq!(CgroupDriver::resolve("auto", true).unwrap(), CgroupDriver::Systemd);
-        assert_eq!(CgroupDriver::resolve("auto", false).unwrap(), CgroupDriver::Cgroupfs);
+        assert_eq!(
+            CgroupDriver::resolve("auto", true).unwrap(),
+            CgroupDriver::Systemd
+        );
+        assert_eq!(
+            CgroupDriver::resolve("auto", false).unwrap(),
+            CgroupDriver::Cgroupfs
+        );
         assert!(CgroupDriver::resolve("docker", false).is_err());
     }
 
     #[test]
     fn unknown_key_is_an_error_naming_the_file() {
-        let err = FileConfig::parse("sockett = \"x\"", Path::new("/etc/keelson/runtime.toml")).unwrap_err();
+        let err = FileConfig::parse("sockett = \"x\"", Path::new("/etc/keelson/runtime.toml"))
+            .unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("/etc/keelson/runtime.toml"), "{msg}");
         assert!(msg.contains("sockett"), "{msg}");

@@ -28,9 +28,9 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 /// Writes `data` to `path` atomically: a temp file in the same directory, fsync, rename, fsync the directory.
 /// A crash leaves either the old content or the new, plus at most a `.tmp-*` file that [`remove_temps`] clears.
 pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
-    let dir = path
-        .parent()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no parent directory"))?;
+    let dir = path.parent().ok_or_else(|| {
+        io::Error::new(io::ErrorKind::InvalidInput, "path has no parent directory")
+    })?;
     let tmp = dir.join(temp_name(".tmp"));
     let result = (|| {
         let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;

@@ -4,4 +4,5 @@ pub mod config;
 pub mod cri;
 pub mod fsutil;
 pub mod image;
+pub mod sandbox;
 pub mod server;

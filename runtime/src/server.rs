@@ -18,7 +18,11 @@ use std::sync::Arc;
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error("cannot prepare {what} {path}: {source}")]
-    Prepare { what: &'static str, path: PathBuf, source: io::Error },
+    Prepare {
+        what: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
     #[error("another keelson-runtime already uses root {0}")]
     RootInUse(PathBuf),
     #[error("socket {0} is in use by a running process")]
@@ -42,7 +46,11 @@ impl RootLock {
             .truncate(false)
             .write(true)
             .open(&path)
-            .map_err(|source| ServeError::Prepare { what: "root lock", path: path.clone(), source })?;
+            .map_err(|source| ServeError::Prepare {
+                what: "root lock",
+                path: path.clone(),
+                source,
+            })?;
         match nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock) {
             Ok(flock) => Ok(RootLock { _flock: flock }),
             Err(_) => Err(ServeError::RootInUse(root.to_path_buf())),
@@ -51,14 +59,27 @@ impl RootLock {
 }
 
 fn prepare_dir(what: &'static str, path: &Path, mode: u32) -> Result<(), ServeError> {
-    fs::create_dir_all(path).map_err(|source| ServeError::Prepare { what, path: path.to_path_buf(), source })?;
-    fs::set_permissions(path, fs::Permissions::from_mode(mode))
-        .map_err(|source| ServeError::Prepare { what, path: path.to_path_buf(), source })
+    fs::create_dir_all(path).map_err(|source| ServeError::Prepare {
+        what,
+        path: path.to_path_buf(),
+        source,
+    })?;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(|source| {
+        ServeError::Prepare {
+            what,
+            path: path.to_path_buf(),
+            source,
+        }
+    })
 }
 
 /// Binds the socket with mode 0660, replacing a stale socket file but never a live one.
 fn bind_socket(path: &Path) -> Result<tokio::net::UnixListener, ServeError> {
-    let prep = |source| ServeError::Prepare { what: "socket", path: path.to_path_buf(), source };
+    let prep = |source| ServeError::Prepare {
+        what: "socket",
+        path: path.to_path_buf(),
+        source,
+    };
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir).map_err(prep)?;
     }
@@ -101,7 +122,10 @@ pub async fn serve(config: RuntimeConfig) -> Result<(), ServeError> {
         ImageManager::open(
             &config.root,
             registry,
-            ImageManagerOptions { max_concurrent_downloads: config.max_concurrent_downloads, platform: Platform::host() },
+            ImageManagerOptions {
+                max_concurrent_downloads: config.max_concurrent_downloads,
+                platform: Platform::host(),
+            },
         )
         .map_err(|e| ServeError::Images(e.to_string()))?,
     );
@@ -115,7 +139,10 @@ pub async fn serve(config: RuntimeConfig) -> Result<(), ServeError> {
         .add_service(RuntimeServiceServer::new(svc.clone()).max_decoding_message_size(16 << 20))
         .add_service(ImageServiceServer::new(svc.clone()).max_decoding_message_size(16 << 20))
         .add_service(RuntimeAdminServer::new(svc))
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::UnixListenerStream::new(listener), shutdown_signal())
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::UnixListenerStream::new(listener),
+            shutdown_signal(),
+        )
         .await;
     let _ = fs::remove_file(&socket);
     result.map_err(ServeError::from)

@@ -10,5 +10,6 @@ pub fn run(config: RuntimeConfig) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    rt.block_on(keelson_runtime::server::serve(config)).context("keelson-runtime daemon")
+    rt.block_on(keelson_runtime::server::serve(config))
+        .context("keelson-runtime daemon")
 }

@@ -23,8 +23,11 @@ pub enum ImagesCommand {
 
 pub fn run(cmd: ImagesCommand, config: RuntimeConfig) -> anyhow::Result<()> {
     let ImagesCommand::Import { file } = cmd;
-    let file = std::fs::canonicalize(&file).with_context(|| format!("cannot open {}", file.display()))?;
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let file =
+        std::fs::canonicalize(&file).with_context(|| format!("cannot open {}", file.display()))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let imported = rt.block_on(async {
         if std::os::unix::net::UnixStream::connect(&config.socket).is_ok() {
             import_via_daemon(&config, &file).await
@@ -45,33 +48,58 @@ pub fn run(cmd: ImagesCommand, config: RuntimeConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn import_via_daemon(config: &RuntimeConfig, file: &std::path::Path) -> anyhow::Result<Vec<(String, Vec<String>)>> {
+async fn import_via_daemon(
+    config: &RuntimeConfig,
+    file: &std::path::Path,
+) -> anyhow::Result<Vec<(String, Vec<String>)>> {
     let socket = config.socket.clone();
     let channel = tonic::transport::Endpoint::try_from("http://[::]:0")?
         .connect_with_connector(tower::service_fn(move |_| {
             let socket = socket.clone();
             async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(socket).await?))
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(socket).await?,
+                ))
             }
         }))
         .await
         .with_context(|| format!("connecting to {}", config.socket.display()))?;
     let resp = RuntimeAdminClient::new(channel)
-        .import_images(ImportImagesRequest { path: file.display().to_string() })
+        .import_images(ImportImagesRequest {
+            path: file.display().to_string(),
+        })
         .await
         .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
-    Ok(resp.into_inner().images.into_iter().map(|i| (i.id, i.names)).collect())
+    Ok(resp
+        .into_inner()
+        .images
+        .into_iter()
+        .map(|i| (i.id, i.names))
+        .collect())
 }
 
-async fn import_offline(config: &RuntimeConfig, file: &std::path::Path) -> anyhow::Result<Vec<(String, Vec<String>)>> {
-    std::fs::create_dir_all(&config.root).with_context(|| format!("creating {}", config.root.display()))?;
+async fn import_offline(
+    config: &RuntimeConfig,
+    file: &std::path::Path,
+) -> anyhow::Result<Vec<(String, Vec<String>)>> {
+    std::fs::create_dir_all(&config.root)
+        .with_context(|| format!("creating {}", config.root.display()))?;
     let _lock = RootLock::acquire(&config.root)?;
-    let registry = RegistryClient::new(RegistryOptions { insecure_registries: vec![], user_agent: "keelson-runtime".into() })?;
+    let registry = RegistryClient::new(RegistryOptions {
+        insecure_registries: vec![],
+        user_agent: "keelson-runtime".into(),
+    })?;
     let images = Arc::new(ImageManager::open(
         &config.root,
         registry,
-        ImageManagerOptions { max_concurrent_downloads: 1, platform: Platform::host() },
+        ImageManagerOptions {
+            max_concurrent_downloads: 1,
+            platform: Platform::host(),
+        },
     )?);
     let records = images.import(file).await?;
-    Ok(records.into_iter().map(|r| (r.id.to_string(), r.repo_tags)).collect())
+    Ok(records
+        .into_iter()
+        .map(|r| (r.id.to_string(), r.repo_tags))
+        .collect())
 }

@@ -8,7 +8,11 @@ use keelson_runtime::config::{self, FileConfig, FlagOverrides, RuntimeConfig};
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "keelson-runtime", version, about = "keelson CRI v1 container runtime (runs the daemon when no subcommand is given)")]
+#[command(
+    name = "keelson-runtime",
+    version,
+    about = "keelson CRI v1 container runtime (runs the daemon when no subcommand is given)"
+)]
 pub struct Cli {
     #[command(flatten)]
     pub global: GlobalFlags,
@@ -79,14 +83,20 @@ impl GlobalFlags {
             registry_config_dir: self.registry_config_dir.clone(),
             cgroup_driver: self.cgroup_driver.clone(),
         };
-        Ok(RuntimeConfig::assemble(file, flags, config::CgroupDriver::host_runs_systemd())?)
+        Ok(RuntimeConfig::assemble(
+            file,
+            flags,
+            config::CgroupDriver::host_runs_systemd(),
+        )?)
     }
 }
 
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

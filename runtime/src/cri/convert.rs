@@ -27,14 +27,19 @@ pub fn image_to_cri(r: &ImageRecord) -> Image {
         size: r.size,
         uid,
         username,
-        spec: Some(ImageSpec { image: r.id.to_string(), ..Default::default() }),
+        spec: Some(ImageSpec {
+            image: r.id.to_string(),
+            ..Default::default()
+        }),
         pinned: r.pinned,
     }
 }
 
 /// Registry credentials from a CRI `AuthConfig`; `auth` is base64 `user:password` as in docker's config.json.
 pub fn credentials(auth: Option<&AuthConfig>) -> Result<Credentials, Status> {
-    let Some(a) = auth else { return Ok(Credentials::default()) };
+    let Some(a) = auth else {
+        return Ok(Credentials::default());
+    };
     let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_string());
     let mut c = Credentials {
         username: non_empty(&a.username),
@@ -47,10 +52,12 @@ pub fn credentials(auth: Option<&AuthConfig>) -> Result<Credentials, Status> {
             .decode(a.auth.trim())
             .ok()
             .and_then(|b| String::from_utf8(b).ok())
-            .ok_or_else(|| Status::invalid_argument("auth config: \"auth\" is not base64 of user:password"))?;
-        let (user, pass) = decoded
-            .split_once(':')
-            .ok_or_else(|| Status::invalid_argument("auth config: \"auth\" is not base64 of user:password"))?;
+            .ok_or_else(|| {
+                Status::invalid_argument("auth config: \"auth\" is not base64 of user:password")
+            })?;
+        let (user, pass) = decoded.split_once(':').ok_or_else(|| {
+            Status::invalid_argument("auth config: \"auth\" is not base64 of user:password")
+        })?;
         c.username = Some(user.to_string());
         c.password = Some(pass.to_string());
     }
@@ -79,9 +86,10 @@ pub fn pull_status(e: &PullError) -> Status {
         | PullError::DiffIdMismatch { .. }
         | PullError::Unpack { .. } => Code::DataLoss,
         PullError::Transfer { .. } => Code::Unavailable,
-        PullError::Content { .. } | PullError::Snapshot { .. } | PullError::Store { .. } | PullError::Internal { .. } => {
-            Code::Internal
-        }
+        PullError::Content { .. }
+        | PullError::Snapshot { .. }
+        | PullError::Store { .. }
+        | PullError::Internal { .. } => Code::Internal,
     };
     Status::new(code, e.to_string())
 }
@@ -104,7 +112,9 @@ pub fn import_status(e: &ImportError) -> Status {
 pub fn image_ref(spec: Option<&ImageSpec>, call: &str) -> Result<String, Status> {
     match spec.map(|s| s.image.trim()) {
         Some(s) if !s.is_empty() => Ok(s.to_string()),
-        _ => Err(Status::invalid_argument(format!("{call}: image spec is empty"))),
+        _ => Err(Status::invalid_argument(format!(
+            "{call}: image spec is empty"
+        ))),
     }
 }
 
@@ -123,7 +133,10 @@ mod tests {
             manifests: vec![],
             chain_ids: vec![],
             size: 5,
-            config: ContainerConfig { user: user.map(Into::into), ..Default::default() },
+            config: ContainerConfig {
+                user: user.map(Into::into),
+                ..Default::default()
+            },
             platform: Platform::host(),
             pinned: false,
             updated: 0,
@@ -132,7 +145,10 @@ mod tests {
 
     #[test]
     fn user_becomes_uid_or_username() {
-        assert_eq!(image_to_cri(&rec(Some("1002:1003"))).uid, Some(Int64Value { value: 1002 }));
+        assert_eq!(
+            image_to_cri(&rec(Some("1002:1003"))).uid,
+            Some(Int64Value { value: 1002 })
+        );
         let named = image_to_cri(&rec(Some("www-data:1004")));
         assert_eq!((named.uid, named.username.as_str()), (None, "www-data"));
         let none = image_to_cri(&rec(None));
@@ -141,11 +157,20 @@ mod tests {
 
     #[test]
     fn auth_field_is_decoded() {
-        let a = AuthConfig { auth: "dXNlcjpwYTpzcw==".into(), ..Default::default() }; // user:pa:ss
+        let a = AuthConfig {
+            auth: "dXNlcjpwYTpzcw==".into(),
+            ..Default::default()
+        }; // user:pa:ss
         let c = credentials(Some(&a)).unwrap();
         assert_eq!(c.username.as_deref(), Some("user"));
         assert_eq!(c.password.as_deref(), Some("pa:ss"));
-        let bad = AuthConfig { auth: "%%%".into(), ..Default::default() };
-        assert_eq!(credentials(Some(&bad)).unwrap_err().code(), Code::InvalidArgument);
+        let bad = AuthConfig {
+            auth: "%%%".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            credentials(Some(&bad)).unwrap_err().code(),
+            Code::InvalidArgument
+        );
     }
 }

@@ -1,10 +1,15 @@
 //! `ImageFsInfo`: bytes and inodes the image store uses, for the kubelet's image garbage collection.
 
 use super::CriService;
-use keelson_cri::v1::{FilesystemIdentifier, FilesystemUsage, ImageFsInfoRequest, ImageFsInfoResponse, UInt64Value};
+use keelson_cri::v1::{
+    FilesystemIdentifier, FilesystemUsage, ImageFsInfoRequest, ImageFsInfoResponse, UInt64Value,
+};
 use tonic::Status;
 
-pub async fn handle(svc: &CriService, _req: ImageFsInfoRequest) -> Result<ImageFsInfoResponse, Status> {
+pub async fn handle(
+    svc: &CriService,
+    _req: ImageFsInfoRequest,
+) -> Result<ImageFsInfoResponse, Status> {
     let images = svc.images.clone();
     let usage = tokio::task::spawn_blocking(move || images.usage())
         .await
@@ -15,10 +20,17 @@ pub async fn handle(svc: &CriService, _req: ImageFsInfoRequest) -> Result<ImageF
         .unwrap_or(0);
     let fs = FilesystemUsage {
         timestamp,
-        fs_id: Some(FilesystemIdentifier { mountpoint: svc.images.root().display().to_string() }),
+        fs_id: Some(FilesystemIdentifier {
+            mountpoint: svc.images.root().display().to_string(),
+        }),
         used_bytes: Some(UInt64Value { value: usage.bytes }),
-        inodes_used: Some(UInt64Value { value: usage.inodes }),
+        inodes_used: Some(UInt64Value {
+            value: usage.inodes,
+        }),
     };
     // Images and writable container layers share one filesystem under --root.
-    Ok(ImageFsInfoResponse { image_filesystems: vec![fs.clone()], container_filesystems: vec![fs] })
+    Ok(ImageFsInfoResponse {
+        image_filesystems: vec![fs.clone()],
+        container_filesystems: vec![fs],
+    })
 }

@@ -7,7 +7,10 @@ use tonic::{Request, Response, Status};
 
 #[tonic::async_trait]
 impl ImageService for CriService {
-    async fn list_images(&self, request: Request<ListImagesRequest>) -> Result<Response<ListImagesResponse>, Status> {
+    async fn list_images(
+        &self,
+        request: Request<ListImagesRequest>,
+    ) -> Result<Response<ListImagesResponse>, Status> {
         super::list_images::handle(self, request.into_inner()).map(Response::new)
     }
 
@@ -18,8 +21,13 @@ impl ImageService for CriService {
         super::image_status::handle(self, request.into_inner()).map(Response::new)
     }
 
-    async fn pull_image(&self, request: Request<PullImageRequest>) -> Result<Response<PullImageResponse>, Status> {
-        super::pull_image::handle(self, request.into_inner()).await.map(Response::new)
+    async fn pull_image(
+        &self,
+        request: Request<PullImageRequest>,
+    ) -> Result<Response<PullImageResponse>, Status> {
+        super::pull_image::handle(self, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn remove_image(
@@ -33,6 +41,8 @@ impl ImageService for CriService {
         &self,
         request: Request<ImageFsInfoRequest>,
     ) -> Result<Response<ImageFsInfoResponse>, Status> {
-        super::image_fs_info::handle(self, request.into_inner()).await.map(Response::new)
+        super::image_fs_info::handle(self, request.into_inner())
+            .await
+            .map(Response::new)
     }
 }

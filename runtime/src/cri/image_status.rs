@@ -9,7 +9,10 @@ use tonic::Status;
 pub fn handle(svc: &CriService, req: ImageStatusRequest) -> Result<ImageStatusResponse, Status> {
     let spec = image_ref(req.image.as_ref(), "ImageStatus")?;
     let Some(record) = svc.images.resolve(&spec).map_err(|e| store_status(&e))? else {
-        return Ok(ImageStatusResponse { image: None, info: HashMap::new() });
+        return Ok(ImageStatusResponse {
+            image: None,
+            info: HashMap::new(),
+        });
     };
     let mut info = HashMap::new();
     if req.verbose {
@@ -30,5 +33,8 @@ pub fn handle(svc: &CriService, req: ImageStatusRequest) -> Result<ImageStatusRe
         });
         info.insert("info".to_string(), detail.to_string());
     }
-    Ok(ImageStatusResponse { image: Some(image_to_cri(&record)), info })
+    Ok(ImageStatusResponse {
+        image: Some(image_to_cri(&record)),
+        info,
+    })
 }

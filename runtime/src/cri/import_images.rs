@@ -15,13 +15,22 @@ impl RuntimeAdmin for CriService {
     ) -> Result<Response<ImportImagesResponse>, Status> {
         let path = request.into_inner().path;
         if !Path::new(&path).is_absolute() {
-            return Err(Status::invalid_argument(format!("import path {path:?} must be absolute")));
+            return Err(Status::invalid_argument(format!(
+                "import path {path:?} must be absolute"
+            )));
         }
-        let records = self.images.import(Path::new(&path)).await.map_err(|e| import_status(&e))?;
+        let records = self
+            .images
+            .import(Path::new(&path))
+            .await
+            .map_err(|e| import_status(&e))?;
         Ok(Response::new(ImportImagesResponse {
             images: records
                 .into_iter()
-                .map(|r| ImportedImage { id: r.id.to_string(), names: r.repo_tags })
+                .map(|r| ImportedImage {
+                    id: r.id.to_string(),
+                    names: r.repo_tags,
+                })
                 .collect(),
         }))
     }

@@ -9,7 +9,9 @@ pub async fn handle(svc: &CriService, req: PullImageRequest) -> Result<PullImage
     let image = image_ref(req.image.as_ref(), "PullImage")?;
     let creds = credentials(req.auth.as_ref())?;
     match svc.images.pull(&image, &creds).await {
-        Ok(record) => Ok(PullImageResponse { image_ref: record.id.to_string() }),
+        Ok(record) => Ok(PullImageResponse {
+            image_ref: record.id.to_string(),
+        }),
         Err(e) => {
             tracing::warn!(image = %image, error = %e, "pull failed");
             Err(pull_status(&e))

@@ -2,13 +2,22 @@
 
 use super::CriService;
 use crate::config::CgroupDriver;
-use keelson_cri::v1::{self, LinuxRuntimeConfiguration, RuntimeConfigRequest, RuntimeConfigResponse};
+use keelson_cri::v1::{
+    self, LinuxRuntimeConfiguration, RuntimeConfigRequest, RuntimeConfigResponse,
+};
 use tonic::Status;
 
-pub fn handle(svc: &CriService, _req: RuntimeConfigRequest) -> Result<RuntimeConfigResponse, Status> {
+pub fn handle(
+    svc: &CriService,
+    _req: RuntimeConfigRequest,
+) -> Result<RuntimeConfigResponse, Status> {
     let driver = match svc.config.cgroup_driver {
         CgroupDriver::Systemd => v1::CgroupDriver::Systemd,
         CgroupDriver::Cgroupfs => v1::CgroupDriver::Cgroupfs,
     };
-    Ok(RuntimeConfigResponse { linux: Some(LinuxRuntimeConfiguration { cgroup_driver: driver as i32 }) })
+    Ok(RuntimeConfigResponse {
+        linux: Some(LinuxRuntimeConfiguration {
+            cgroup_driver: driver as i32,
+        }),
+    })
 }

@@ -11,25 +11,40 @@ pub fn cni_readiness(conf_dir: &Path, bin_dirs: &[PathBuf]) -> Result<String, St
     let mut files: Vec<PathBuf> = std::fs::read_dir(conf_dir)
         .map_err(|e| format!("cannot read CNI config dir {}: {e}", conf_dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "conflist" || x == "conf" || x == "json"))
+        .filter(|p| {
+            p.extension()
+                .is_some_and(|x| x == "conflist" || x == "conf" || x == "json")
+        })
         .collect();
     files.sort();
     let first = files
         .first()
         .ok_or_else(|| format!("no CNI network config in {}", conf_dir.display()))?;
-    let text = std::fs::read_to_string(first).map_err(|e| format!("cannot read {}: {e}", first.display()))?;
-    let v: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| format!("invalid CNI config {}: {e}", first.display()))?;
+    let text = std::fs::read_to_string(first)
+        .map_err(|e| format!("cannot read {}: {e}", first.display()))?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| format!("invalid CNI config {}: {e}", first.display()))?;
     let plugins: Vec<String> = match v.get("plugins").and_then(|p| p.as_array()) {
-        Some(list) => list.iter().filter_map(|p| p.get("type")?.as_str().map(String::from)).collect(),
-        None => v.get("type").and_then(|t| t.as_str()).map(String::from).into_iter().collect(),
+        Some(list) => list
+            .iter()
+            .filter_map(|p| p.get("type")?.as_str().map(String::from))
+            .collect(),
+        None => v
+            .get("type")
+            .and_then(|t| t.as_str())
+            .map(String::from)
+            .into_iter()
+            .collect(),
     };
     if plugins.is_empty() {
         return Err(format!("CNI config {} names no plugin", first.display()));
     }
     for p in &plugins {
         if !bin_dirs.iter().any(|d| d.join(p).is_file()) {
-            return Err(format!("CNI plugin {p:?} (from {}) not found in {bin_dirs:?}", first.display()));
+            return Err(format!(
+                "CNI plugin {p:?} (from {}) not found in {bin_dirs:?}",
+                first.display()
+            ));
         }
     }
     Ok(first.display().to_string())
@@ -40,14 +55,17 @@ pub async fn handle(svc: &CriService, req: StatusRequest) -> Result<StatusRespon
         r#type: "RuntimeReady".into(),
         status: false,
         reason: "ContainersNotSupported".into(),
-        message: "this build of keelson-runtime serves images only; it cannot run containers yet".into(),
+        message: "this build of keelson-runtime serves images only; it cannot run containers yet"
+            .into(),
     };
     let network = match cni_readiness(&svc.config.cni_conf_dir, &svc.config.cni_bin_dirs) {
         Ok(conf) => RuntimeCondition {
             r#type: "NetworkReady".into(),
             status: false,
             reason: "NetworkNotSupported".into(),
-            message: format!("CNI config {conf} is usable, but this build cannot set up pod networks yet"),
+            message: format!(
+                "CNI config {conf} is usable, but this build cannot set up pod networks yet"
+            ),
         },
         Err(why) => RuntimeCondition {
             r#type: "NetworkReady".into(),
@@ -72,7 +90,9 @@ pub async fn handle(svc: &CriService, req: StatusRequest) -> Result<StatusRespon
         );
     }
     Ok(StatusResponse {
-        status: Some(RuntimeStatus { conditions: vec![runtime, network] }),
+        status: Some(RuntimeStatus {
+            conditions: vec![runtime, network],
+        }),
         info,
         runtime_handlers: Vec::new(),
         features: None,
@@ -88,15 +108,27 @@ mod tests {
         let conf = tempfile::tempdir().unwrap();
         let bins = tempfile::tempdir().unwrap();
         let dirs = vec![bins.path().to_path_buf()];
-        assert!(cni_readiness(conf.path(), &dirs).unwrap_err().contains("no CNI network config"));
+        assert!(
+            cni_readiness(conf.path(), &dirs)
+                .unwrap_err()
+                .contains("no CNI network config")
+        );
         std::fs::write(
             conf.path().join("10-net.conflist"),
             r#"{"cniVersion":"1.0.0","name":"n","plugins":[{"type":"bridge"},{"type":"portmap"}]}"#,
         )
         .unwrap();
-        assert!(cni_readiness(conf.path(), &dirs).unwrap_err().contains("\"bridge\""));
+        assert!(
+            cni_readiness(conf.path(), &dirs)
+                .unwrap_err()
+                .contains("\"bridge\"")
+        );
         std::fs::write(bins.path().join("bridge"), b"").unwrap();
         std::fs::write(bins.path().join("portmap"), b"").unwrap();
-        assert!(cni_readiness(conf.path(), &dirs).unwrap().ends_with("10-net.conflist"));
+        assert!(
+            cni_readiness(conf.path(), &dirs)
+                .unwrap()
+                .ends_with("10-net.conflist")
+        );
     }
 }

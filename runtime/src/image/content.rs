@@ -20,7 +20,10 @@ pub enum ContentError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ContentError + '_ {
-    move |source| ContentError::Io { path: path.to_path_buf(), source }
+    move |source| ContentError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Blobs under `<root>/content/blobs/sha256/<hex>`.
@@ -53,7 +56,10 @@ impl ContentStore {
     pub fn put(&self, expected: &Digest, data: &[u8]) -> Result<(), ContentError> {
         let actual = Digest::of(data);
         if &actual != expected {
-            return Err(ContentError::DigestMismatch { expected: expected.clone(), actual });
+            return Err(ContentError::DigestMismatch {
+                expected: expected.clone(),
+                actual,
+            });
         }
         let path = self.path(expected);
         if path.is_file() {
@@ -67,12 +73,17 @@ impl ContentStore {
         let path = self.path(d);
         let data = match fs::read(&path) {
             Ok(data) => data,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(ContentError::NotFound(d.clone())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(ContentError::NotFound(d.clone()));
+            }
             Err(source) => return Err(ContentError::Io { path, source }),
         };
         let actual = Digest::of(&data);
         if &actual != d {
-            return Err(ContentError::Corrupt { digest: d.clone(), actual });
+            return Err(ContentError::Corrupt {
+                digest: d.clone(),
+                actual,
+            });
         }
         Ok(data)
     }
@@ -80,7 +91,9 @@ impl ContentStore {
     pub fn remove(&self, d: &Digest) -> Result<(), ContentError> {
         let path = self.path(d);
         match fs::remove_file(&path) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(ContentError::Io { path, source: e }),
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                Err(ContentError::Io { path, source: e })
+            }
             _ => Ok(()),
         }
     }

@@ -23,18 +23,36 @@ use std::sync::Arc;
 pub enum ImportError {
     #[error("cannot read {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
-    #[error("{path} is neither an OCI layout (index.json) nor a docker save archive (manifest.json)")]
+    #[error(
+        "{path} is neither an OCI layout (index.json) nor a docker save archive (manifest.json)"
+    )]
     UnknownFormat { path: PathBuf },
     #[error("{path}: member {member:?} is missing")]
     Missing { path: PathBuf, member: String },
     #[error("{path}: {member}: {message}")]
-    Invalid { path: PathBuf, member: String, message: String },
+    Invalid {
+        path: PathBuf,
+        member: String,
+        message: String,
+    },
     #[error("{path}: {member} has digest {actual}, expected {expected}")]
-    DigestMismatch { path: PathBuf, member: String, expected: Digest, actual: Digest },
+    DigestMismatch {
+        path: PathBuf,
+        member: String,
+        expected: Digest,
+        actual: Digest,
+    },
     #[error("{path}: {source}")]
-    Manifest { path: PathBuf, source: manifest::ManifestError },
+    Manifest {
+        path: PathBuf,
+        source: manifest::ManifestError,
+    },
     #[error("{path}: layer {member}: {source}")]
-    Unpack { path: PathBuf, member: String, source: unpack::UnpackError },
+    Unpack {
+        path: PathBuf,
+        member: String,
+        source: unpack::UnpackError,
+    },
     #[error("{path}: {message}")]
     Store { path: PathBuf, message: String },
 }
@@ -69,7 +87,10 @@ fn normalise(p: &Path) -> Option<String> {
 
 impl TarIndex {
     fn build(path: &Path) -> Result<Self, ImportError> {
-        let io_err = |source| ImportError::Io { path: path.to_path_buf(), source };
+        let io_err = |source| ImportError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
         let file = File::open(path).map_err(io_err)?;
         let mut archive = tar::Archive::new(file);
         let mut members = HashMap::new();
@@ -77,15 +98,26 @@ impl TarIndex {
         for entry in archive.entries().map_err(io_err)? {
             let entry = entry.map_err(io_err)?;
             let entry_path = entry.path().map_err(io_err)?.into_owned();
-            let Some(name) = normalise(&entry_path) else { continue };
+            let Some(name) = normalise(&entry_path) else {
+                continue;
+            };
             match entry.header().entry_type() {
                 tar::EntryType::Regular | tar::EntryType::Continuous => {
-                    members.insert(name, Member { offset: entry.raw_file_position(), len: entry.size() });
+                    members.insert(
+                        name,
+                        Member {
+                            offset: entry.raw_file_position(),
+                            len: entry.size(),
+                        },
+                    );
                 }
                 tar::EntryType::Symlink | tar::EntryType::Link => {
                     if let Ok(Some(target)) = entry.link_name() {
                         let base = if entry.header().entry_type() == tar::EntryType::Symlink {
-                            Path::new(&name).parent().unwrap_or(Path::new("")).join(target)
+                            Path::new(&name)
+                                .parent()
+                                .unwrap_or(Path::new(""))
+                                .join(target)
                         } else {
                             target.into_owned()
                         };
@@ -105,15 +137,24 @@ impl TarIndex {
                 }
             }
         }
-        Ok(Self { path: path.to_path_buf(), members })
+        Ok(Self {
+            path: path.to_path_buf(),
+            members,
+        })
     }
 
     fn reader(&self, member: &str) -> Result<impl Read + use<>, ImportError> {
         let m = *self
             .members
             .get(member)
-            .ok_or_else(|| ImportError::Missing { path: self.path.clone(), member: member.into() })?;
-        let io_err = |source| ImportError::Io { path: self.path.clone(), source };
+            .ok_or_else(|| ImportError::Missing {
+                path: self.path.clone(),
+                member: member.into(),
+            })?;
+        let io_err = |source| ImportError::Io {
+            path: self.path.clone(),
+            source,
+        };
         let mut f = File::open(&self.path).map_err(io_err)?;
         f.seek(SeekFrom::Start(m.offset)).map_err(io_err)?;
         Ok(io::BufReader::with_capacity(256 << 10, f.take(m.len)))
@@ -131,7 +172,10 @@ impl TarIndex {
         let mut data = Vec::with_capacity(len as usize);
         self.reader(member)?
             .read_to_end(&mut data)
-            .map_err(|source| ImportError::Io { path: self.path.clone(), source })?;
+            .map_err(|source| ImportError::Io {
+                path: self.path.clone(),
+                source,
+            })?;
         Ok(data)
     }
 
@@ -149,7 +193,12 @@ impl TarIndex {
         let data = self.read_small(&member)?;
         let actual = Digest::of(&data);
         if &actual != d {
-            return Err(ImportError::DigestMismatch { path: self.path.clone(), member, expected: d.clone(), actual });
+            return Err(ImportError::DigestMismatch {
+                path: self.path.clone(),
+                member,
+                expected: d.clone(),
+                actual,
+            });
         }
         Ok(data)
     }
@@ -202,20 +251,28 @@ struct LayoutEntry {
 }
 
 fn invalid(path: &Path, member: &str, message: impl ToString) -> ImportError {
-    ImportError::Invalid { path: path.to_path_buf(), member: member.to_string(), message: message.to_string() }
+    ImportError::Invalid {
+        path: path.to_path_buf(),
+        member: member.to_string(),
+        message: message.to_string(),
+    }
 }
 
 fn plan(index: &TarIndex, platform: &Platform) -> Result<Vec<PlannedImage>, ImportError> {
     let path = &index.path;
     if index.has("manifest.json") {
         let entries: Vec<DockerSaveEntry> =
-            serde_json::from_slice(&index.read_small("manifest.json")?).map_err(|e| invalid(path, "manifest.json", e))?;
+            serde_json::from_slice(&index.read_small("manifest.json")?)
+                .map_err(|e| invalid(path, "manifest.json", e))?;
         let mut out = Vec::new();
         for e in entries {
             let config_bytes = index.read_small(&e.config)?;
             let config_digest = Digest::of(&config_bytes);
             let config = manifest::parse_config(&config_digest, &config_bytes, e.layers.len())
-                .map_err(|source| ImportError::Manifest { path: path.clone(), source })?;
+                .map_err(|source| ImportError::Manifest {
+                    path: path.clone(),
+                    source,
+                })?;
             let mut tags = Vec::new();
             for t in e.repo_tags.unwrap_or_default() {
                 let r = Reference::parse(&t).map_err(|err| invalid(path, "manifest.json", err))?;
@@ -246,40 +303,63 @@ fn plan(index: &TarIndex, platform: &Platform) -> Result<Vec<PlannedImage>, Impo
     if !index.has("index.json") {
         return Err(ImportError::UnknownFormat { path: path.clone() });
     }
-    let layout: LayoutIndex =
-        serde_json::from_slice(&index.read_small("index.json")?).map_err(|e| invalid(path, "index.json", e))?;
+    let layout: LayoutIndex = serde_json::from_slice(&index.read_small("index.json")?)
+        .map_err(|e| invalid(path, "index.json", e))?;
     let mut out = Vec::new();
     for entry in layout.manifests {
         let top = index.blob(&entry.digest)?;
         let mut metadata = vec![(entry.digest.clone(), top.clone())];
-        let parsed = manifest::parse_manifest(&entry.media_type, &entry.digest, &top)
-            .map_err(|source| ImportError::Manifest { path: path.clone(), source })?;
+        let parsed =
+            manifest::parse_manifest(&entry.media_type, &entry.digest, &top).map_err(|source| {
+                ImportError::Manifest {
+                    path: path.clone(),
+                    source,
+                }
+            })?;
         let image_manifest = match parsed {
             Parsed::Image(m) => m,
             Parsed::Index(idx) => {
                 let d = idx
                     .select(platform, &entry.digest)
-                    .map_err(|source| ImportError::Manifest { path: path.clone(), source })?
+                    .map_err(|source| ImportError::Manifest {
+                        path: path.clone(),
+                        source,
+                    })?
                     .digest
                     .clone();
                 let bytes = index.blob(&d)?;
                 metadata.push((d.clone(), bytes.clone()));
-                match manifest::parse_manifest("", &d, &bytes)
-                    .map_err(|source| ImportError::Manifest { path: path.clone(), source })?
-                {
+                match manifest::parse_manifest("", &d, &bytes).map_err(|source| {
+                    ImportError::Manifest {
+                        path: path.clone(),
+                        source,
+                    }
+                })? {
                     Parsed::Image(m) => m,
-                    Parsed::Index(_) => return Err(invalid(path, &TarIndex::blob_member(&d), "nested index")),
+                    Parsed::Index(_) => {
+                        return Err(invalid(path, &TarIndex::blob_member(&d), "nested index"));
+                    }
                 }
             }
         };
         let config_digest = image_manifest.config.digest.clone();
         let config_bytes = index.blob(&config_digest)?;
-        let config = manifest::parse_config(&config_digest, &config_bytes, image_manifest.layers.len())
-            .map_err(|source| ImportError::Manifest { path: path.clone(), source })?;
+        let config =
+            manifest::parse_config(&config_digest, &config_bytes, image_manifest.layers.len())
+                .map_err(|source| ImportError::Manifest {
+                    path: path.clone(),
+                    source,
+                })?;
         // A full reference names the image; a bare tag (as skopeo writes) leaves it unnamed.
-        let name = entry.annotations.get(CONTAINERD_NAME).or_else(|| entry.annotations.get(REF_NAME));
+        let name = entry
+            .annotations
+            .get(CONTAINERD_NAME)
+            .or_else(|| entry.annotations.get(REF_NAME));
         let (mut tags, mut digests) = (Vec::new(), Vec::new());
-        if let Some(r) = name.filter(|n| n.contains('/') || n.contains(':')).and_then(|n| Reference::parse(n).ok()) {
+        if let Some(r) = name
+            .filter(|n| n.contains('/') || n.contains(':'))
+            .and_then(|n| Reference::parse(n).ok())
+        {
             tags.extend(r.tagged());
             digests.push(r.digested(&entry.digest));
         }
@@ -288,17 +368,25 @@ fn plan(index: &TarIndex, platform: &Platform) -> Result<Vec<PlannedImage>, Impo
             layers.push(PlannedLayer {
                 member: TarIndex::blob_member(&l.digest),
                 blob_digest: Some(l.digest.clone()),
-                compression: Some(
-                    Compression::from_media_type(&l.media_type).map_err(|source| ImportError::Unpack {
+                compression: Some(Compression::from_media_type(&l.media_type).map_err(
+                    |source| ImportError::Unpack {
                         path: path.clone(),
                         member: TarIndex::blob_member(&l.digest),
                         source,
-                    })?,
-                ),
+                    },
+                )?),
                 size: l.size,
             });
         }
-        out.push(PlannedImage { tags, digests, metadata, config_digest, config_bytes, config, layers });
+        out.push(PlannedImage {
+            tags,
+            digests,
+            metadata,
+            config_digest,
+            config_bytes,
+            config,
+            layers,
+        });
     }
     Ok(out)
 }
@@ -307,7 +395,10 @@ impl ImageManager {
     /// Imports every image in the tarball at `path`; returns their records.
     pub async fn import(self: &Arc<Self>, path: &Path) -> Result<Vec<ImageRecord>, ImportError> {
         let path = path.to_path_buf();
-        let store_err = |message: String| ImportError::Store { path: path.clone(), message };
+        let store_err = |message: String| ImportError::Store {
+            path: path.clone(),
+            message,
+        };
         let platform = Platform::host();
         let p = path.clone();
         let (index, plans) = tokio::task::spawn_blocking(move || {
@@ -328,7 +419,10 @@ impl ImageManager {
                 if self.snapshots().contains(chain_id) {
                     continue;
                 }
-                let pending = self.snapshots().prepare().map_err(|e| store_err(e.to_string()))?;
+                let pending = self
+                    .snapshots()
+                    .prepare()
+                    .map_err(|e| store_err(e.to_string()))?;
                 let idx = index.clone();
                 let member = layer.member.clone();
                 let blob_digest = layer.blob_digest.clone();
@@ -346,15 +440,25 @@ impl ImageManager {
                     };
                     let mut hashing = HashingReader::new(&mut reader);
                     let result = unpack::unpack_layer(&mut hashing, compression, &pending.fs());
-                    let (actual, _) =
-                        hashing.finish().map_err(|source| ImportError::Io { path: ipath.clone(), source })?;
-                    if let Some(expected) = blob_digest {
-                        if actual != expected {
-                            return Err(ImportError::DigestMismatch { path: ipath, member, expected, actual });
-                        }
+                    let (actual, _) = hashing.finish().map_err(|source| ImportError::Io {
+                        path: ipath.clone(),
+                        source,
+                    })?;
+                    if let Some(expected) = blob_digest
+                        && actual != expected
+                    {
+                        return Err(ImportError::DigestMismatch {
+                            path: ipath,
+                            member,
+                            expected,
+                            actual,
+                        });
                     }
-                    let outcome =
-                        result.map_err(|source| ImportError::Unpack { path: ipath.clone(), member: member.clone(), source })?;
+                    let outcome = result.map_err(|source| ImportError::Unpack {
+                        path: ipath.clone(),
+                        member: member.clone(),
+                        source,
+                    })?;
                     Ok((pending, outcome))
                 })
                 .await
@@ -368,12 +472,22 @@ impl ImageManager {
                         actual: outcome.diff_id,
                     });
                 }
-                let blob = layer.blob_digest.clone().unwrap_or_else(|| outcome.diff_id.clone());
-                self.commit_layer(&path.display().to_string(), &blob, &chain[..=i], pending, outcome)
-                    .await
-                    .map_err(|e| store_err(e.to_string()))?;
+                let blob = layer
+                    .blob_digest
+                    .clone()
+                    .unwrap_or_else(|| outcome.diff_id.clone());
+                self.commit_layer(
+                    &path.display().to_string(),
+                    &blob,
+                    &chain[..=i],
+                    pending,
+                    outcome,
+                )
+                .await
+                .map_err(|e| store_err(e.to_string()))?;
             }
-            let size = image.config_bytes.len() as u64 + image.layers.iter().map(|l| l.size).sum::<u64>();
+            let size =
+                image.config_bytes.len() as u64 + image.layers.iter().map(|l| l.size).sum::<u64>();
             let record = ImageRecord {
                 version: RECORD_VERSION,
                 id: image.config_digest.clone(),
@@ -382,7 +496,11 @@ impl ImageManager {
                 manifests: image.metadata.iter().map(|(d, _)| d.clone()).collect(),
                 chain_ids: chain,
                 size,
-                config: image.config.config.clone().unwrap_or_else(ContainerConfig::default),
+                config: image
+                    .config
+                    .config
+                    .clone()
+                    .unwrap_or_else(ContainerConfig::default),
                 platform: Platform {
                     architecture: image.config.architecture.clone(),
                     os: image.config.os.clone(),
@@ -416,8 +534,14 @@ mod tests {
 
     #[test]
     fn member_paths_are_normalised() {
-        assert_eq!(normalise(Path::new("./blobs/sha256/ab")).unwrap(), "blobs/sha256/ab");
-        assert_eq!(normalise(Path::new("a/../b/layer.tar")).unwrap(), "b/layer.tar");
+        assert_eq!(
+            normalise(Path::new("./blobs/sha256/ab")).unwrap(),
+            "blobs/sha256/ab"
+        );
+        assert_eq!(
+            normalise(Path::new("a/../b/layer.tar")).unwrap(),
+            "b/layer.tar"
+        );
         assert!(normalise(Path::new("../escape")).is_none());
     }
 
@@ -434,13 +558,20 @@ mod tests {
         let mut l = tar::Header::new_gnu();
         l.set_entry_type(tar::EntryType::Symlink);
         l.set_size(0);
-        b.append_link(&mut l, "bbb/layer.tar", "../aaa/layer.tar").unwrap();
+        b.append_link(&mut l, "bbb/layer.tar", "../aaa/layer.tar")
+            .unwrap();
         b.finish().unwrap();
         drop(b);
         let idx = TarIndex::build(&tarball).unwrap();
         let mut s = String::new();
-        idx.reader("bbb/layer.tar").unwrap().read_to_string(&mut s).unwrap();
+        idx.reader("bbb/layer.tar")
+            .unwrap()
+            .read_to_string(&mut s)
+            .unwrap();
         assert_eq!(s, "abc");
-        assert!(matches!(idx.reader("ccc/layer.tar"), Err(ImportError::Missing { .. })));
+        assert!(matches!(
+            idx.reader("ccc/layer.tar"),
+            Err(ImportError::Missing { .. })
+        ));
     }
 }

@@ -12,7 +12,9 @@ pub struct KeyedLocks<K> {
 
 impl<K: Eq + Hash + Clone> Default for KeyedLocks<K> {
     fn default() -> Self {
-        Self { locks: Mutex::new(HashMap::new()) }
+        Self {
+            locks: Mutex::new(HashMap::new()),
+        }
     }
 }
 

@@ -29,29 +29,69 @@ pub enum PullError {
     #[error(transparent)]
     Reference(#[from] ReferenceError),
     #[error("pulling {image}: {source}")]
-    Registry { image: String, source: RegistryError },
+    Registry {
+        image: String,
+        source: RegistryError,
+    },
     #[error("pulling {image}: {source}")]
-    Manifest { image: String, source: ManifestError },
+    Manifest {
+        image: String,
+        source: ManifestError,
+    },
     #[error("pulling {image}: {what} {digest} is {actual} bytes, the manifest says {expected}")]
-    SizeMismatch { image: String, what: &'static str, digest: Digest, expected: u64, actual: u64 },
-    #[error("pulling {image}: {what} {digest} failed verification: the registry sent content with digest {actual}")]
-    DigestMismatch { image: String, what: &'static str, digest: Digest, actual: Digest },
+    SizeMismatch {
+        image: String,
+        what: &'static str,
+        digest: Digest,
+        expected: u64,
+        actual: u64,
+    },
+    #[error(
+        "pulling {image}: {what} {digest} failed verification: the registry sent content with digest {actual}"
+    )]
+    DigestMismatch {
+        image: String,
+        what: &'static str,
+        digest: Digest,
+        actual: Digest,
+    },
     #[error(
         "pulling {image}: layer {digest} unpacks to content with digest {actual}, but the image config says {expected}"
     )]
-    DiffIdMismatch { image: String, digest: Digest, expected: Digest, actual: Digest },
+    DiffIdMismatch {
+        image: String,
+        digest: Digest,
+        expected: Digest,
+        actual: Digest,
+    },
     #[error("pulling {image}: layer {digest}: {source}")]
-    Unpack { image: String, digest: Digest, source: UnpackError },
+    Unpack {
+        image: String,
+        digest: Digest,
+        source: UnpackError,
+    },
     #[error("pulling {image}: layer {digest}: download interrupted: {message}")]
-    Transfer { image: String, digest: Digest, message: String },
-    #[error("pulling {image}: index {digest} points at another index; nested indexes are not supported")]
+    Transfer {
+        image: String,
+        digest: Digest,
+        message: String,
+    },
+    #[error(
+        "pulling {image}: index {digest} points at another index; nested indexes are not supported"
+    )]
     NestedIndex { image: String, digest: Digest },
     #[error("pulling {image}: {source}")]
     Content { image: String, source: ContentError },
     #[error("pulling {image}: {source}")]
-    Snapshot { image: String, source: SnapshotError },
+    Snapshot {
+        image: String,
+        source: SnapshotError,
+    },
     #[error("pulling {image}: {source}")]
-    Store { image: String, source: ImageStoreError },
+    Store {
+        image: String,
+        source: ImageStoreError,
+    },
     #[error("pulling {image}: {message}")]
     Internal { image: String, message: String },
 }
@@ -135,7 +175,9 @@ fn unpack_stream(
     let outcome = unpack::unpack_layer(&mut hashing, compression, &pending.fs());
     // Read to the end whatever the unpacker made of it: a digest mismatch explains a broken stream
     // better than the decompressor's complaint does.
-    let (actual, len) = hashing.finish().map_err(|e| LayerFailure::Transfer(e.to_string()))?;
+    let (actual, len) = hashing
+        .finish()
+        .map_err(|e| LayerFailure::Transfer(e.to_string()))?;
     if &actual != expected {
         return Err(LayerFailure::Digest { actual, len });
     }
@@ -156,8 +198,15 @@ fn compression_for(desc: &Descriptor) -> Result<Compression, UnpackError> {
 impl ImageManager {
     /// Opens the stores under `root`, cleaning what a crash left half-made, and drops image
     /// records whose content is gone.
-    pub fn open(root: &Path, registry: RegistryClient, opts: ImageManagerOptions) -> Result<Self, PullError> {
-        let internal = |message: String| PullError::Internal { image: "-".into(), message };
+    pub fn open(
+        root: &Path,
+        registry: RegistryClient,
+        opts: ImageManagerOptions,
+    ) -> Result<Self, PullError> {
+        let internal = |message: String| PullError::Internal {
+            image: "-".into(),
+            message,
+        };
         let content = ContentStore::open(root).map_err(|e| internal(e.to_string()))?;
         let snapshots = SnapshotStore::open(root).map_err(|e| internal(e.to_string()))?;
         let images = ImageStore::open(root).map_err(|e| internal(e.to_string()))?;
@@ -173,10 +222,17 @@ impl ImageManager {
             gc_lock: RwLock::new(()),
         };
         for r in manager.images.list() {
-            let missing: Vec<&Digest> = r.chain_ids.iter().filter(|c| !manager.snapshots.contains(c)).collect();
+            let missing: Vec<&Digest> = r
+                .chain_ids
+                .iter()
+                .filter(|c| !manager.snapshots.contains(c))
+                .collect();
             if !missing.is_empty() || !manager.content.contains(&r.id) {
                 tracing::error!(image = %r.id, names = ?r.repo_tags, "image content is missing on disk; forgetting the image");
-                manager.images.remove(&r.id).map_err(|e| internal(e.to_string()))?;
+                manager
+                    .images
+                    .remove(&r.id)
+                    .map_err(|e| internal(e.to_string()))?;
             }
         }
         Ok(manager)
@@ -205,11 +261,15 @@ impl ImageManager {
         if spec.is_empty() {
             return Ok(None);
         }
-        let as_id = if spec.starts_with("sha256:") { spec.to_string() } else { format!("sha256:{spec}") };
-        if let Ok(id) = Digest::parse(&as_id) {
-            if let Some(r) = self.images.get(&id) {
-                return Ok(Some(r));
-            }
+        let as_id = if spec.starts_with("sha256:") {
+            spec.to_string()
+        } else {
+            format!("sha256:{spec}")
+        };
+        if let Ok(id) = Digest::parse(&as_id)
+            && let Some(r) = self.images.get(&id)
+        {
+            return Ok(Some(r));
         }
         if let Ok(r) = Reference::parse(spec) {
             let name = match &r.digest {
@@ -221,7 +281,12 @@ impl ImageManager {
             }
         }
         let hex = spec.strip_prefix("sha256:").unwrap_or(spec);
-        if !hex.is_empty() && hex.len() < 64 && hex.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+        if !hex.is_empty()
+            && hex.len() < 64
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        {
             return self.images.by_id_prefix(hex);
         }
         Ok(None)
@@ -230,7 +295,9 @@ impl ImageManager {
     /// Removes an image and all its names; `false` if there was none. Unused content is freed
     /// in the background.
     pub fn remove(self: &Arc<Self>, spec: &str) -> Result<bool, ImageStoreError> {
-        let Some(r) = self.resolve(spec)? else { return Ok(false) };
+        let Some(r) = self.resolve(spec)? else {
+            return Ok(false);
+        };
         self.images.remove(&r.id)?;
         self.schedule_gc();
         Ok(true)
@@ -252,9 +319,12 @@ impl ImageManager {
         let me = self.clone();
         tokio::task::spawn_blocking(move || {
             let images = me.images.list();
-            let live_snapshots: HashSet<&Digest> = images.iter().flat_map(|r| r.chain_ids.iter()).collect();
-            let live_blobs: HashSet<&Digest> =
-                images.iter().flat_map(|r| r.manifests.iter().chain(std::iter::once(&r.id))).collect();
+            let live_snapshots: HashSet<&Digest> =
+                images.iter().flat_map(|r| r.chain_ids.iter()).collect();
+            let live_blobs: HashSet<&Digest> = images
+                .iter()
+                .flat_map(|r| r.manifests.iter().chain(std::iter::once(&r.id)))
+                .collect();
             let mut snaps = 0;
             for chain in me.snapshots.list()? {
                 if !live_snapshots.contains(&chain) {
@@ -277,7 +347,10 @@ impl ImageManager {
             Ok((snaps, blobs))
         })
         .await
-        .map_err(|e| SnapshotError::Io { path: self.root.clone(), source: io::Error::other(e.to_string()) })?
+        .map_err(|e| SnapshotError::Io {
+            path: self.root.clone(),
+            source: io::Error::other(e.to_string()),
+        })?
     }
 
     /// Bytes and inodes the image store uses: unpacked snapshots plus stored blobs.
@@ -302,7 +375,10 @@ impl ImageManager {
     }
 
     /// Adds a verified image to the store and frees what images it displaced no longer need.
-    pub(crate) fn commit_record(self: &Arc<Self>, record: ImageRecord) -> Result<ImageRecord, ImageStoreError> {
+    pub(crate) fn commit_record(
+        self: &Arc<Self>,
+        record: ImageRecord,
+    ) -> Result<ImageRecord, ImageStoreError> {
         let (merged, dropped) = self.images.add(record)?;
         if !dropped.is_empty() {
             self.schedule_gc();
@@ -311,17 +387,33 @@ impl ImageManager {
     }
 
     /// Pulls `image` (any form `crictl pull` accepts) and returns its record.
-    pub async fn pull(self: &Arc<Self>, image: &str, creds: &Credentials) -> Result<ImageRecord, PullError> {
+    pub async fn pull(
+        self: &Arc<Self>,
+        image: &str,
+        creds: &Credentials,
+    ) -> Result<ImageRecord, PullError> {
         let reference = Reference::parse(image)?;
         let name = reference.to_string();
-        let reg_err = |source| PullError::Registry { image: name.clone(), source };
-        let man_err = |source| PullError::Manifest { image: name.clone(), source };
+        let reg_err = |source| PullError::Registry {
+            image: name.clone(),
+            source,
+        };
+        let man_err = |source| PullError::Manifest {
+            image: name.clone(),
+            source,
+        };
         let _shared = self.gc_lock.read().await;
         let started = std::time::Instant::now();
 
-        let top = self.registry.fetch_manifest(&reference, &reference.reference(), creds).await.map_err(reg_err)?;
+        let top = self
+            .registry
+            .fetch_manifest(&reference, &reference.reference(), creds)
+            .await
+            .map_err(reg_err)?;
         let mut metadata: Vec<(Digest, Bytes)> = vec![(top.digest.clone(), top.bytes.clone())];
-        let manifest = match manifest::parse_manifest(&top.media_type, &top.digest, &top.bytes).map_err(man_err)? {
+        let manifest = match manifest::parse_manifest(&top.media_type, &top.digest, &top.bytes)
+            .map_err(man_err)?
+        {
             Parsed::Image(m) => m,
             Parsed::Index(index) => {
                 let desc = index.select(&self.platform, &top.digest).map_err(man_err)?;
@@ -331,21 +423,38 @@ impl ImageManager {
                     .await
                     .map_err(reg_err)?;
                 metadata.push((m.digest.clone(), m.bytes.clone()));
-                match manifest::parse_manifest(&m.media_type, &m.digest, &m.bytes).map_err(man_err)? {
+                match manifest::parse_manifest(&m.media_type, &m.digest, &m.bytes)
+                    .map_err(man_err)?
+                {
                     Parsed::Image(img) => img,
-                    Parsed::Index(_) => return Err(PullError::NestedIndex { image: name, digest: m.digest }),
+                    Parsed::Index(_) => {
+                        return Err(PullError::NestedIndex {
+                            image: name,
+                            digest: m.digest,
+                        });
+                    }
                 }
             }
         };
 
         let config_desc = &manifest.config;
-        let config_bytes = self.fetch_small_blob(&reference, config_desc, creds, &name).await?;
+        let config_bytes = self
+            .fetch_small_blob(&reference, config_desc, creds, &name)
+            .await?;
         let config =
-            manifest::parse_config(&config_desc.digest, &config_bytes, manifest.layers.len()).map_err(man_err)?;
+            manifest::parse_config(&config_desc.digest, &config_bytes, manifest.layers.len())
+                .map_err(man_err)?;
         let chain = snapshot::chain_ids(&config.rootfs.diff_ids);
 
         let layer_jobs = manifest.layers.iter().enumerate().map(|(i, desc)| {
-            self.ensure_layer(&reference, &name, creds, desc, &config.rootfs.diff_ids[i], &chain[..=i])
+            self.ensure_layer(
+                &reference,
+                &name,
+                creds,
+                desc,
+                &config.rootfs.diff_ids[i],
+                &chain[..=i],
+            )
         });
         futures_util::future::try_join_all(layer_jobs).await?;
 
@@ -357,7 +466,10 @@ impl ImageManager {
             id: config_desc.digest.clone(),
             repo_tags: reference.tagged().into_iter().collect(),
             repo_digests: vec![reference.digested(&top.digest)],
-            manifests: metadata[..metadata.len() - 1].iter().map(|(d, _)| d.clone()).collect(),
+            manifests: metadata[..metadata.len() - 1]
+                .iter()
+                .map(|(d, _)| d.clone())
+                .collect(),
             chain_ids: chain,
             size: config_desc.size + manifest.layers.iter().map(|l| l.size).sum::<u64>(),
             config: config.config.unwrap_or_default(),
@@ -373,12 +485,21 @@ impl ImageManager {
             for (d, data) in &metadata {
                 me.content
                     .put(d, data)
-                    .map_err(|source| PullError::Content { image: image_name.clone(), source })?;
+                    .map_err(|source| PullError::Content {
+                        image: image_name.clone(),
+                        source,
+                    })?;
             }
-            me.commit_record(record).map_err(|source| PullError::Store { image: image_name.clone(), source })
+            me.commit_record(record).map_err(|source| PullError::Store {
+                image: image_name.clone(),
+                source,
+            })
         })
         .await
-        .map_err(|e| PullError::Internal { image: name.clone(), message: e.to_string() })??;
+        .map_err(|e| PullError::Internal {
+            image: name.clone(),
+            message: e.to_string(),
+        })??;
         tracing::info!(image = %name, id = %record.id, elapsed_ms = started.elapsed().as_millis() as u64, "pulled image");
         Ok(record)
     }
@@ -406,11 +527,17 @@ impl ImageManager {
             .registry
             .fetch_blob(reference, &desc.digest, creds)
             .await
-            .map_err(|source| PullError::Registry { image: name.into(), source })?;
+            .map_err(|source| PullError::Registry {
+                image: name.into(),
+                source,
+            })?;
         let mut stream = blob.stream;
         let mut data = Vec::with_capacity(desc.size as usize);
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|source| PullError::Registry { image: name.into(), source })?;
+            let chunk = chunk.map_err(|source| PullError::Registry {
+                image: name.into(),
+                source,
+            })?;
             if (data.len() + chunk.len()) as u64 > desc.size {
                 return Err(PullError::SizeMismatch {
                     image: name.into(),
@@ -424,7 +551,12 @@ impl ImageManager {
         }
         let actual = Digest::of(&data);
         if actual != desc.digest {
-            return Err(PullError::DigestMismatch { image: name.into(), what: "config", digest: desc.digest.clone(), actual });
+            return Err(PullError::DigestMismatch {
+                image: name.into(),
+                what: "config",
+                digest: desc.digest.clone(),
+                actual,
+            });
         }
         Ok(Bytes::from(data))
     }
@@ -448,33 +580,54 @@ impl ImageManager {
         if self.snapshots.contains(chain_id) {
             return Ok(()); // another pull unpacked it while we waited
         }
-        let layer_err = |source| PullError::Unpack { image: name.into(), digest: desc.digest.clone(), source };
+        let layer_err = |source| PullError::Unpack {
+            image: name.into(),
+            digest: desc.digest.clone(),
+            source,
+        };
         let compression = compression_for(desc).map_err(layer_err)?;
-        let _permit = self.downloads.acquire().await.expect("download semaphore never closes");
+        let _permit = self
+            .downloads
+            .acquire()
+            .await
+            .expect("download semaphore never closes");
         let blob = self
             .registry
             .fetch_blob(reference, &desc.digest, creds)
             .await
-            .map_err(|source| PullError::Registry { image: name.into(), source })?;
-        if let Some(len) = blob.size {
-            if len != desc.size {
-                return Err(PullError::SizeMismatch {
-                    image: name.into(),
-                    what: "layer",
-                    digest: desc.digest.clone(),
-                    expected: desc.size,
-                    actual: len,
-                });
-            }
+            .map_err(|source| PullError::Registry {
+                image: name.into(),
+                source,
+            })?;
+        if let Some(len) = blob.size
+            && len != desc.size
+        {
+            return Err(PullError::SizeMismatch {
+                image: name.into(),
+                what: "layer",
+                digest: desc.digest.clone(),
+                expected: desc.size,
+                actual: len,
+            });
         }
         let pending = self
             .snapshots
             .prepare()
-            .map_err(|source| PullError::Snapshot { image: name.into(), source })?;
+            .map_err(|source| PullError::Snapshot {
+                image: name.into(),
+                source,
+            })?;
         let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(64);
-        let reader = ChannelReader { rx, current: Bytes::new(), received: 0, limit: desc.size };
+        let reader = ChannelReader {
+            rx,
+            current: Bytes::new(),
+            received: 0,
+            limit: desc.size,
+        };
         let expected = desc.digest.clone();
-        let unpacking = tokio::task::spawn_blocking(move || unpack_stream(reader, compression, pending, &expected));
+        let unpacking = tokio::task::spawn_blocking(move || {
+            unpack_stream(reader, compression, pending, &expected)
+        });
         let mut stream = blob.stream;
         while let Some(chunk) = stream.next().await {
             let item = chunk.map_err(|e| io::Error::other(e.to_string()));
@@ -484,13 +637,18 @@ impl ImageManager {
             }
         }
         drop(tx);
-        let unpacked = unpacking
-            .await
-            .map_err(|e| PullError::Internal { image: name.into(), message: e.to_string() })?;
+        let unpacked = unpacking.await.map_err(|e| PullError::Internal {
+            image: name.into(),
+            message: e.to_string(),
+        })?;
         let Unpacked { pending, outcome } = match unpacked {
             Ok(u) => u,
             Err(LayerFailure::Transfer(message)) => {
-                return Err(PullError::Transfer { image: name.into(), digest: desc.digest.clone(), message });
+                return Err(PullError::Transfer {
+                    image: name.into(),
+                    digest: desc.digest.clone(),
+                    message,
+                });
             }
             Err(LayerFailure::Digest { actual, len }) => {
                 if len != desc.size {
@@ -502,7 +660,12 @@ impl ImageManager {
                         actual: len,
                     });
                 }
-                return Err(PullError::DigestMismatch { image: name.into(), what: "layer", digest: desc.digest.clone(), actual });
+                return Err(PullError::DigestMismatch {
+                    image: name.into(),
+                    what: "layer",
+                    digest: desc.digest.clone(),
+                    actual,
+                });
             }
             Err(LayerFailure::Unpack(e)) => return Err(layer_err(e)),
         };
@@ -514,7 +677,8 @@ impl ImageManager {
                 actual: outcome.diff_id,
             });
         }
-        self.commit_layer(name, &desc.digest, chain, pending, outcome).await
+        self.commit_layer(name, &desc.digest, chain, pending, outcome)
+            .await
     }
 
     /// Completes hardlinks into lower layers (waiting for those to land) and commits the snapshot.
@@ -541,14 +705,33 @@ impl ImageManager {
         let digest = blob.clone();
         tokio::task::spawn_blocking(move || {
             if !outcome.lower_hardlinks.is_empty() {
-                unpack::resolve_lower_hardlinks(&pending.fs(), &lower_dirs, &outcome.lower_hardlinks)
-                    .map_err(|source| PullError::Unpack { image: image.clone(), digest, source })?;
+                unpack::resolve_lower_hardlinks(
+                    &pending.fs(),
+                    &lower_dirs,
+                    &outcome.lower_hardlinks,
+                )
+                .map_err(|source| PullError::Unpack {
+                    image: image.clone(),
+                    digest,
+                    source,
+                })?;
             }
-            let meta = snapshot::new_meta(chain_id, outcome.diff_id, parent, outcome.size, outcome.inodes);
-            snapshots.commit(pending, &meta).map_err(|source| PullError::Snapshot { image, source })
+            let meta = snapshot::new_meta(
+                chain_id,
+                outcome.diff_id,
+                parent,
+                outcome.size,
+                outcome.inodes,
+            );
+            snapshots
+                .commit(pending, &meta)
+                .map_err(|source| PullError::Snapshot { image, source })
         })
         .await
-        .map_err(|e| PullError::Internal { image: name.into(), message: e.to_string() })?
+        .map_err(|e| PullError::Internal {
+            image: name.into(),
+            message: e.to_string(),
+        })?
     }
 
     /// Holds garbage collection off while an import commits content.

@@ -17,11 +17,19 @@ pub const MAX_METADATA_BLOB: u64 = 8 << 20;
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
     #[error("invalid {what} {digest}: {message}")]
-    Invalid { what: &'static str, digest: Digest, message: String },
+    Invalid {
+        what: &'static str,
+        digest: Digest,
+        message: String,
+    },
     #[error("unsupported manifest media type {media_type:?} for {digest}")]
     UnsupportedMediaType { media_type: String, digest: Digest },
     #[error("no manifest for platform {wanted} in index {digest} (it has: {available})")]
-    NoMatchingPlatform { wanted: String, digest: Digest, available: String },
+    NoMatchingPlatform {
+        wanted: String,
+        digest: Digest,
+        available: String,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -45,7 +53,11 @@ impl Platform {
             "riscv64" => ("riscv64", None),
             other => (other, None),
         };
-        Platform { architecture: architecture.into(), os: "linux".into(), variant: variant.map(Into::into) }
+        Platform {
+            architecture: architecture.into(),
+            os: "linux".into(),
+            variant: variant.map(Into::into),
+        }
     }
 
     fn matches(&self, other: &Platform) -> bool {
@@ -109,36 +121,66 @@ pub enum Parsed {
 }
 
 /// Parses a manifest by its media type; a missing or generic type is decided by the JSON's shape.
-pub fn parse_manifest(media_type: &str, digest: &Digest, bytes: &[u8]) -> Result<Parsed, ManifestError> {
-    let invalid = |e: serde_json::Error| ManifestError::Invalid { what: "manifest", digest: digest.clone(), message: e.to_string() };
+pub fn parse_manifest(
+    media_type: &str,
+    digest: &Digest,
+    bytes: &[u8],
+) -> Result<Parsed, ManifestError> {
+    let invalid = |e: serde_json::Error| ManifestError::Invalid {
+        what: "manifest",
+        digest: digest.clone(),
+        message: e.to_string(),
+    };
     match media_type {
-        OCI_INDEX | DOCKER_LIST => return serde_json::from_slice(bytes).map(Parsed::Index).map_err(invalid),
+        OCI_INDEX | DOCKER_LIST => {
+            return serde_json::from_slice(bytes)
+                .map(Parsed::Index)
+                .map_err(invalid);
+        }
         OCI_MANIFEST | DOCKER_MANIFEST => {
-            return serde_json::from_slice(bytes).map(Parsed::Image).map_err(invalid);
+            return serde_json::from_slice(bytes)
+                .map(Parsed::Image)
+                .map_err(invalid);
         }
         "" | "application/json" | "text/plain" | "application/octet-stream" => {}
         other => {
-            return Err(ManifestError::UnsupportedMediaType { media_type: other.into(), digest: digest.clone() });
+            return Err(ManifestError::UnsupportedMediaType {
+                media_type: other.into(),
+                digest: digest.clone(),
+            });
         }
     }
     let v: serde_json::Value = serde_json::from_slice(bytes).map_err(invalid)?;
-    if let Some(mt) = v.get("mediaType").and_then(|m| m.as_str()) {
-        if !mt.is_empty() && mt != media_type {
-            return parse_manifest(mt, digest, bytes);
-        }
+    if let Some(mt) = v.get("mediaType").and_then(|m| m.as_str())
+        && !mt.is_empty()
+        && mt != media_type
+    {
+        return parse_manifest(mt, digest, bytes);
     }
     if v.get("manifests").is_some() {
-        serde_json::from_value(v).map(Parsed::Index).map_err(invalid)
+        serde_json::from_value(v)
+            .map(Parsed::Index)
+            .map_err(invalid)
     } else if v.get("config").is_some() {
-        serde_json::from_value(v).map(Parsed::Image).map_err(invalid)
+        serde_json::from_value(v)
+            .map(Parsed::Image)
+            .map_err(invalid)
     } else {
-        Err(ManifestError::Invalid { what: "manifest", digest: digest.clone(), message: "neither an image manifest nor an index".into() })
+        Err(ManifestError::Invalid {
+            what: "manifest",
+            digest: digest.clone(),
+            message: "neither an image manifest nor an index".into(),
+        })
     }
 }
 
 impl Index {
     /// The entry for `want`, first match in index order, as containerd picks.
-    pub fn select(&self, want: &Platform, index_digest: &Digest) -> Result<&Descriptor, ManifestError> {
+    pub fn select(
+        &self,
+        want: &Platform,
+        index_digest: &Digest,
+    ) -> Result<&Descriptor, ManifestError> {
         self.manifests
             .iter()
             .find(|d| d.platform.as_ref().is_some_and(|p| want.matches(p)))
@@ -149,9 +191,17 @@ impl Index {
                     let v: Vec<String> = self
                         .manifests
                         .iter()
-                        .map(|d| d.platform.as_ref().map_or("unknown".to_string(), ToString::to_string))
+                        .map(|d| {
+                            d.platform
+                                .as_ref()
+                                .map_or("unknown".to_string(), ToString::to_string)
+                        })
                         .collect();
-                    if v.is_empty() { "nothing".into() } else { v.join(", ") }
+                    if v.is_empty() {
+                        "nothing".into()
+                    } else {
+                        v.join(", ")
+                    }
                 },
             })
     }
@@ -164,19 +214,35 @@ pub struct ContainerConfig {
     pub user: Option<String>,
     #[serde(rename = "Env", default, skip_serializing_if = "Option::is_none")]
     pub env: Option<Vec<String>>,
-    #[serde(rename = "Entrypoint", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "Entrypoint",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub entrypoint: Option<Vec<String>>,
     #[serde(rename = "Cmd", default, skip_serializing_if = "Option::is_none")]
     pub cmd: Option<Vec<String>>,
-    #[serde(rename = "WorkingDir", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "WorkingDir",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub working_dir: Option<String>,
-    #[serde(rename = "StopSignal", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "StopSignal",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub stop_signal: Option<String>,
     #[serde(rename = "Labels", default, skip_serializing_if = "Option::is_none")]
     pub labels: Option<BTreeMap<String, String>>,
     #[serde(rename = "Volumes", default, skip_serializing_if = "Option::is_none")]
     pub volumes: Option<BTreeMap<String, serde_json::Value>>,
-    #[serde(rename = "ExposedPorts", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "ExposedPorts",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub exposed_ports: Option<BTreeMap<String, serde_json::Value>>,
 }
 
@@ -200,12 +266,17 @@ pub struct ImageConfigFile {
 }
 
 /// Parses an image config and checks that it describes as many layers as the manifest has.
-pub fn parse_config(digest: &Digest, bytes: &[u8], layer_count: usize) -> Result<ImageConfigFile, ManifestError> {
-    let cfg: ImageConfigFile = serde_json::from_slice(bytes).map_err(|e| ManifestError::Invalid {
-        what: "image config",
-        digest: digest.clone(),
-        message: e.to_string(),
-    })?;
+pub fn parse_config(
+    digest: &Digest,
+    bytes: &[u8],
+    layer_count: usize,
+) -> Result<ImageConfigFile, ManifestError> {
+    let cfg: ImageConfigFile =
+        serde_json::from_slice(bytes).map_err(|e| ManifestError::Invalid {
+            what: "image config",
+            digest: digest.clone(),
+            message: e.to_string(),
+        })?;
     if cfg.rootfs.kind != "layers" {
         return Err(ManifestError::Invalid {
             what: "image config",
@@ -244,26 +315,61 @@ mod tests {
             d("arm"),
             d("amd")
         );
-        let Parsed::Index(idx) = parse_manifest(OCI_INDEX, &d("i"), json.as_bytes()).unwrap() else { panic!() };
-        let amd = Platform { architecture: "amd64".into(), os: "linux".into(), variant: None };
+        let Parsed::Index(idx) = parse_manifest(OCI_INDEX, &d("i"), json.as_bytes()).unwrap()
+        else {
+            panic!()
+        };
+        let amd = Platform {
+            architecture: "amd64".into(),
+            os: "linux".into(),
+            variant: None,
+        };
         assert_eq!(idx.select(&amd, &d("i")).unwrap().digest, d("amd"));
-        let s390 = Platform { architecture: "s390x".into(), os: "linux".into(), variant: None };
+        let s390 = Platform {
+            architecture: "s390x".into(),
+            os: "linux".into(),
+            variant: None,
+        };
         let err = idx.select(&s390, &d("i")).unwrap_err().to_string();
-        assert!(err.contains("linux/s390x") && err.contains("linux/arm64"), "{err}");
+        assert!(
+            err.contains("linux/s390x") && err.contains("linux/arm64"),
+            "{err}"
+        );
     }
 
     #[test]
     fn generic_media_type_is_decided_by_shape() {
-        let json = format!(r#"{{"config":{{"digest":"{}","size":3}},"layers":[]}}"#, d("c"));
-        assert!(matches!(parse_manifest("", &d("m"), json.as_bytes()).unwrap(), Parsed::Image(_)));
-        assert!(parse_manifest("application/vnd.docker.distribution.manifest.v1+prettyjws", &d("m"), b"{}").is_err());
+        let json = format!(
+            r#"{{"config":{{"digest":"{}","size":3}},"layers":[]}}"#,
+            d("c")
+        );
+        assert!(matches!(
+            parse_manifest("", &d("m"), json.as_bytes()).unwrap(),
+            Parsed::Image(_)
+        ));
+        assert!(
+            parse_manifest(
+                "application/vnd.docker.distribution.manifest.v1+prettyjws",
+                &d("m"),
+                b"{}"
+            )
+            .is_err()
+        );
     }
 
     #[test]
     fn config_layer_count_must_match() {
-        let json = format!(r#"{{"architecture":"amd64","os":"linux","rootfs":{{"type":"layers","diff_ids":["{}"]}}}}"#, d("l"));
+        let json = format!(
+            r#"{{"architecture":"amd64","os":"linux","rootfs":{{"type":"layers","diff_ids":["{}"]}}}}"#,
+            d("l")
+        );
         assert!(parse_config(&d("c"), json.as_bytes(), 1).is_ok());
-        let err = parse_config(&d("c"), json.as_bytes(), 2).unwrap_err().to_string();
-        assert!(err.contains("1 diff_ids") && err.contains("2 layers"), "{err}");
+        let err = parse_config(&d("c"), json.as_bytes(), 2)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("1 diff_ids") && err.contains("2 layers"),
+            "{err}"
+        );
     }
 }

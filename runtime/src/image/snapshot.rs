@@ -23,7 +23,10 @@ pub enum SnapshotError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SnapshotError + '_ {
-    move |source| SnapshotError::Io { path: path.to_path_buf(), source }
+    move |source| SnapshotError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Stored beside each snapshot; versioned.
@@ -78,12 +81,11 @@ impl PendingSnapshot {
 
 impl Drop for PendingSnapshot {
     fn drop(&mut self) {
-        if !self.committed {
-            if let Err(e) = fs::remove_dir_all(&self.dir) {
-                if e.kind() != io::ErrorKind::NotFound {
-                    tracing::warn!(dir = %self.dir.display(), error = %e, "cannot remove abandoned snapshot");
-                }
-            }
+        if !self.committed
+            && let Err(e) = fs::remove_dir_all(&self.dir)
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            tracing::warn!(dir = %self.dir.display(), error = %e, "cannot remove abandoned snapshot");
         }
     }
 }
@@ -122,12 +124,19 @@ impl SnapshotStore {
         let dir = self.dir.join(fsutil::temp_name(".tmp-unpack"));
         let fs_dir = dir.join("fs");
         fs::create_dir_all(&fs_dir).map_err(io_err(&fs_dir))?;
-        Ok(PendingSnapshot { dir, committed: false })
+        Ok(PendingSnapshot {
+            dir,
+            committed: false,
+        })
     }
 
     /// Writes the metadata and moves the snapshot under its chain id. If another pull committed
     /// the same chain id meanwhile, the existing one wins and this one is discarded.
-    pub fn commit(&self, mut pending: PendingSnapshot, meta: &SnapshotMeta) -> Result<(), SnapshotError> {
+    pub fn commit(
+        &self,
+        mut pending: PendingSnapshot,
+        meta: &SnapshotMeta,
+    ) -> Result<(), SnapshotError> {
         let data = serde_json::to_vec_pretty(meta).expect("snapshot meta serializes");
         let meta_path = pending.dir.join("meta.json");
         fs::write(&meta_path, data).map_err(io_err(&meta_path))?;
@@ -143,14 +152,18 @@ impl SnapshotStore {
     pub fn meta(&self, chain_id: &Digest) -> Result<SnapshotMeta, SnapshotError> {
         let p = self.path(chain_id).join("meta.json");
         let data = fs::read(&p).map_err(io_err(&p))?;
-        let meta: SnapshotMeta = serde_json::from_slice(&data).map_err(|e| SnapshotError::BadMeta {
-            chain_id: chain_id.to_string(),
-            message: e.to_string(),
-        })?;
+        let meta: SnapshotMeta =
+            serde_json::from_slice(&data).map_err(|e| SnapshotError::BadMeta {
+                chain_id: chain_id.to_string(),
+                message: e.to_string(),
+            })?;
         if meta.version > META_VERSION {
             return Err(SnapshotError::BadMeta {
                 chain_id: chain_id.to_string(),
-                message: format!("version {} is newer than this runtime understands", meta.version),
+                message: format!(
+                    "version {} is newer than this runtime understands",
+                    meta.version
+                ),
             });
         }
         Ok(meta)
@@ -182,8 +195,21 @@ impl SnapshotStore {
 }
 
 /// Builds the metadata record for a freshly unpacked layer.
-pub fn new_meta(chain_id: Digest, diff_id: Digest, parent: Option<Digest>, size: u64, inodes: u64) -> SnapshotMeta {
-    SnapshotMeta { version: META_VERSION, chain_id, diff_id, parent, size, inodes }
+pub fn new_meta(
+    chain_id: Digest,
+    diff_id: Digest,
+    parent: Option<Digest>,
+    size: u64,
+    inodes: u64,
+) -> SnapshotMeta {
+    SnapshotMeta {
+        version: META_VERSION,
+        chain_id,
+        diff_id,
+        parent,
+        size,
+        inodes,
+    }
 }
 
 #[cfg(test)]
@@ -214,7 +240,8 @@ mod tests {
 
         let p = s.prepare().unwrap();
         fs::write(p.fs().join("f"), b"x").unwrap();
-        s.commit(p, &new_meta(chain.clone(), chain.clone(), None, 1, 1)).unwrap();
+        s.commit(p, &new_meta(chain.clone(), chain.clone(), None, 1, 1))
+            .unwrap();
         assert!(s.contains(&chain));
         assert_eq!(fs::read(s.fs_path(&chain).join("f")).unwrap(), b"x");
         assert_eq!(s.meta(&chain).unwrap().size, 1);

@@ -83,7 +83,10 @@ impl ImageStore {
     /// Loads every record; unreadable ones are logged and set aside as `*.corrupt`, never fatal.
     pub fn open(root: &Path) -> Result<Self, ImageStoreError> {
         let dir = root.join("images");
-        let io_err = |source| ImageStoreError::Io { path: dir.clone(), source };
+        let io_err = |source| ImageStoreError::Io {
+            path: dir.clone(),
+            source,
+        };
         fs::create_dir_all(&dir).map_err(io_err)?;
         fsutil::remove_temps(&dir).map_err(io_err)?;
         let mut records: HashMap<Digest, ImageRecord> = HashMap::new();
@@ -94,11 +97,19 @@ impl ImageStore {
             }
             let parsed = fs::read(&path)
                 .map_err(|e| e.to_string())
-                .and_then(|data| serde_json::from_slice::<ImageRecord>(&data).map_err(|e| e.to_string()))
+                .and_then(|data| {
+                    serde_json::from_slice::<ImageRecord>(&data).map_err(|e| e.to_string())
+                })
                 .and_then(|r| {
                     if r.version > RECORD_VERSION {
-                        Err(format!("record version {} is newer than this runtime", r.version))
-                    } else if path.file_stem().is_none_or(|s| s.to_string_lossy() != r.id.hex()) {
+                        Err(format!(
+                            "record version {} is newer than this runtime",
+                            r.version
+                        ))
+                    } else if path
+                        .file_stem()
+                        .is_none_or(|s| s.to_string_lossy() != r.id.hex())
+                    {
                         Err("file name does not match the record's id".to_string())
                     } else {
                         Ok(r)
@@ -128,7 +139,11 @@ impl ImageStore {
             r.repo_tags.retain(|n| owner[n].1 == r.id);
             r.repo_digests.retain(|n| owner[n].1 == r.id);
         }
-        Ok(Self { dir, records: RwLock::new(records), writer: Mutex::new(()) })
+        Ok(Self {
+            dir,
+            records: RwLock::new(records),
+            writer: Mutex::new(()),
+        })
     }
 
     fn path(&self, id: &Digest) -> PathBuf {
@@ -144,17 +159,32 @@ impl ImageStore {
     fn unlink(&self, id: &Digest) -> Result<(), ImageStoreError> {
         let path = self.path(id);
         match fs::remove_file(&path) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(ImageStoreError::Io { path, source: e }),
-            _ => fsutil::sync_dir(&self.dir).map_err(|source| ImageStoreError::Io { path: self.dir.clone(), source }),
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                Err(ImageStoreError::Io { path, source: e })
+            }
+            _ => fsutil::sync_dir(&self.dir).map_err(|source| ImageStoreError::Io {
+                path: self.dir.clone(),
+                source,
+            }),
         }
     }
 
     pub fn get(&self, id: &Digest) -> Option<ImageRecord> {
-        self.records.read().expect("image store lock").get(id).cloned()
+        self.records
+            .read()
+            .expect("image store lock")
+            .get(id)
+            .cloned()
     }
 
     pub fn list(&self) -> Vec<ImageRecord> {
-        let mut v: Vec<ImageRecord> = self.records.read().expect("image store lock").values().cloned().collect();
+        let mut v: Vec<ImageRecord> = self
+            .records
+            .read()
+            .expect("image store lock")
+            .values()
+            .cloned()
+            .collect();
         v.sort_by(|a, b| a.id.cmp(&b.id));
         v
     }
@@ -165,18 +195,26 @@ impl ImageStore {
             .read()
             .expect("image store lock")
             .values()
-            .find(|r| r.repo_tags.iter().any(|t| t == name) || r.repo_digests.iter().any(|d| d == name))
+            .find(|r| {
+                r.repo_tags.iter().any(|t| t == name) || r.repo_digests.iter().any(|d| d == name)
+            })
             .cloned()
     }
 
     /// The image whose id starts with `hex_prefix` (at least one character), if exactly one does.
     pub fn by_id_prefix(&self, hex_prefix: &str) -> Result<Option<ImageRecord>, ImageStoreError> {
         let records = self.records.read().expect("image store lock");
-        let matches: Vec<&ImageRecord> = records.values().filter(|r| r.id.hex().starts_with(hex_prefix)).collect();
+        let matches: Vec<&ImageRecord> = records
+            .values()
+            .filter(|r| r.id.hex().starts_with(hex_prefix))
+            .collect();
         match matches.len() {
             0 => Ok(None),
             1 => Ok(Some(matches[0].clone())),
-            count => Err(ImageStoreError::Ambiguous { prefix: hex_prefix.to_string(), count }),
+            count => Err(ImageStoreError::Ambiguous {
+                prefix: hex_prefix.to_string(),
+                count,
+            }),
         }
     }
 
@@ -205,7 +243,9 @@ impl ImageStore {
             if *id == merged.id {
                 continue;
             }
-            if r.names().any(|n| new.repo_tags.contains(n) || new.repo_digests.contains(n)) {
+            if r.names()
+                .any(|n| new.repo_tags.contains(n) || new.repo_digests.contains(n))
+            {
                 let mut r = r.clone();
                 r.repo_tags.retain(|n| !new.repo_tags.contains(n));
                 r.repo_digests.retain(|n| !new.repo_digests.contains(n));
@@ -307,7 +347,10 @@ mod tests {
         s.persist(&b).unwrap();
         let s = ImageStore::open(root.path()).unwrap();
         assert_eq!(s.by_name("r/x:1").unwrap().id, Digest::of(b"b"));
-        assert_eq!(s.get(&Digest::of(b"a")).unwrap().repo_tags, vec!["r/x:keep"]);
+        assert_eq!(
+            s.get(&Digest::of(b"a")).unwrap().repo_tags,
+            vec!["r/x:keep"]
+        );
     }
 
     #[test]
@@ -315,10 +358,22 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let s = ImageStore::open(root.path()).unwrap();
         s.add(rec("a", &["r/x:1"], &[])).unwrap();
-        fs::write(root.path().join("images").join(format!("{}.json", Digest::of(b"zz").hex())), b"{not json").unwrap();
+        fs::write(
+            root.path()
+                .join("images")
+                .join(format!("{}.json", Digest::of(b"zz").hex())),
+            b"{not json",
+        )
+        .unwrap();
         let s = ImageStore::open(root.path()).unwrap();
         assert_eq!(s.list().len(), 1);
-        assert_eq!(fs::read_dir(root.path().join("images")).unwrap().filter(|e| e.as_ref().unwrap().path().extension().unwrap() == "corrupt").count(), 1);
+        assert_eq!(
+            fs::read_dir(root.path().join("images"))
+                .unwrap()
+                .filter(|e| e.as_ref().unwrap().path().extension().unwrap() == "corrupt")
+                .count(),
+            1
+        );
     }
 
     #[test]
@@ -329,6 +384,9 @@ mod tests {
         assert_eq!(s.by_id_prefix(&r.id.hex()[..6]).unwrap().unwrap().id, r.id);
         assert!(s.by_id_prefix("zzzz").unwrap().is_none());
         s.add(rec("b", &["r/y:1"], &[])).unwrap();
-        assert!(matches!(s.by_id_prefix(""), Err(ImageStoreError::Ambiguous { count: 2, .. })));
+        assert!(matches!(
+            s.by_id_prefix(""),
+            Err(ImageStoreError::Ambiguous { count: 2, .. })
+        ));
     }
 }
