@@ -51,9 +51,9 @@ type SpawnRequest = (
 /// helper thread that lives as long as the process: test threads come and go freely.
 pub fn spawn_tied(mut cmd: std::process::Command) -> std::io::Result<std::process::Child> {
     use std::os::unix::process::CommandExt;
-    use std::sync::{Mutex, OnceLock, mpsc};
+    use std::sync::{OnceLock, mpsc};
 
-    static SPAWNER: OnceLock<Mutex<mpsc::Sender<SpawnRequest>>> = OnceLock::new();
+    static SPAWNER: OnceLock<mpsc::Sender<SpawnRequest>> = OnceLock::new();
     let parent = std::process::id();
     // SAFETY: the closure runs in the forked child before exec and only calls prctl(2) and
     // getppid(2), both async-signal-safe; it touches no memory shared with the parent.
@@ -79,12 +79,10 @@ pub fn spawn_tied(mut cmd: std::process::Command) -> std::io::Result<std::proces
                 }
             })
             .expect("starting the spawner thread");
-        Mutex::new(tx)
+        tx
     });
     let (reply_tx, reply_rx) = mpsc::channel();
     sender
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
         .send((cmd, reply_tx))
         .map_err(|_| std::io::Error::other("spawner thread is gone"))?;
     reply_rx

@@ -1,0 +1,134 @@
+# keelson: build, test, benchmark, run a node. Targets per CONTRACTS.md ("Makefile").
+#
+#   make build    debug build of every binary
+#   make release  release build of every binary
+#   make test     exactly what CI (.ci/run) runs: fmt, clippy, build, tests
+#   make bench    release build, then keelson-bench (prints figures, asserts nothing about time)
+#   make install  binaries to $(PREFIX)/bin, systemd units to /etc/systemd/system
+#   make up       (root) release build, start keelson-runtime in the background
+#   make down     stop what `make up` started
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+
+CARGO ?= cargo
+PREFIX ?= /usr/local
+DESTDIR ?=
+RELEASE_DIR := $(CURDIR)/target/release
+
+# Product binaries (CONTRACTS.md); those not built yet are skipped by `install`.
+BINARIES := keelson-runtime keelson-shim keelson-agent keelson-server
+
+RUN_DIR := /run/keelson
+LOG_DIR := /var/log/keelson
+RUNTIME_PID := $(RUN_DIR)/keelson-runtime.pid
+RUNTIME_SOCKET := $(RUN_DIR)/cri.sock
+RUNTIME_LOG := $(LOG_DIR)/keelson-runtime.log
+
+# What building and running a node needs from the distribution (tests need more: see .ci/run).
+NODE_PACKAGES := protobuf-compiler libseccomp-dev pkg-config gcc libc6-dev containernetworking-plugins iproute2
+
+.PHONY: all build release test bench install up down deps
+
+all: build
+
+build:
+	$(CARGO) build --workspace --bins
+
+release:
+	$(CARGO) build --workspace --bins --release
+
+test:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) build --workspace --bins
+	$(CARGO) test --workspace
+
+bench: release
+	@command -v skopeo >/dev/null || { \
+		echo "installing skopeo"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends skopeo </dev/null; }
+	KEELSON_BIN_DIR=$(RELEASE_DIR) $(RELEASE_DIR)/keelson-bench
+
+install: release
+	@for b in $(BINARIES); do \
+		if [ -x "$(RELEASE_DIR)/$$b" ]; then \
+			install -D -m 0755 "$(RELEASE_DIR)/$$b" "$(DESTDIR)$(PREFIX)/bin/$$b"; \
+			echo "installed $(DESTDIR)$(PREFIX)/bin/$$b"; \
+		else \
+			echo "$$b is not built yet: skipped"; \
+		fi; \
+	done
+	@for u in dist/systemd/*.service; do \
+		[ -e "$$u" ] || continue; \
+		install -D -m 0644 "$$u" "$(DESTDIR)/etc/systemd/system/$$(basename "$$u")"; \
+		echo "installed $(DESTDIR)/etc/systemd/system/$$(basename "$$u")"; \
+	done
+	@install -d -m 0755 "$(DESTDIR)/etc/keelson"
+
+# Installs the node's system packages that are missing (Debian/Ubuntu, as root).
+deps:
+	@missing=(); \
+	for p in $(NODE_PACKAGES); do \
+		dpkg-query -W -f='$${Status}' "$$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$$p"); \
+	done; \
+	if [ $${#missing[@]} -gt 0 ]; then \
+		echo "installing: $${missing[*]}"; \
+		apt-get update -q; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$${missing[@]}" </dev/null; \
+	fi
+	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install Rust (rustup) first" >&2; exit 1; }
+
+# A running runtime is recognised by its pid file AND /proc/PID/exe (a reused pid is not ours).
+define runtime_pid
+pid=""; \
+if [ -f $(RUNTIME_PID) ]; then \
+	p=$$(cat $(RUNTIME_PID)); \
+	case "$$(readlink /proc/$$p/exe 2>/dev/null)" in */keelson-runtime|*/keelson-runtime" (deleted)") pid=$$p ;; esac; \
+fi
+endef
+
+up: deps release
+	@[ "$$(id -u)" = 0 ] || { echo "make up needs root" >&2; exit 1; }
+	@mkdir -p $(RUN_DIR) $(LOG_DIR)
+	@$(runtime_pid); \
+	if [ -n "$$pid" ]; then \
+		echo "keelson-runtime already running (pid $$pid)"; \
+	else \
+		stamp=$(RUN_DIR)/.keelson-runtime.starting; touch $$stamp; \
+		setsid $(RELEASE_DIR)/keelson-runtime --socket $(RUNTIME_SOCKET) >>$(RUNTIME_LOG) 2>&1 </dev/null & \
+		pid=$$!; echo $$pid > $(RUNTIME_PID); \
+		ready=0; \
+		for i in $$(seq 100); do \
+			if ! kill -0 $$pid 2>/dev/null; then \
+				echo "keelson-runtime exited during start-up; last log lines:" >&2; tail -n 20 $(RUNTIME_LOG) >&2; \
+				rm -f $(RUNTIME_PID) $$stamp; exit 1; \
+			fi; \
+			if [ -S $(RUNTIME_SOCKET) ] && [ $(RUNTIME_SOCKET) -nt $$stamp ]; then ready=1; break; fi; \
+			sleep 0.1; \
+		done; \
+		rm -f $$stamp; \
+		if [ $$ready = 0 ]; then \
+			echo "keelson-runtime (pid $$pid) did not create $(RUNTIME_SOCKET) within 10 s; last log lines:" >&2; \
+			tail -n 20 $(RUNTIME_LOG) >&2; exit 1; \
+		fi; \
+		echo "keelson-runtime running (pid $$pid), socket $(RUNTIME_SOCKET), log $(RUNTIME_LOG)"; \
+	fi
+	@echo "keelson-server and keelson-agent are not built yet: no cluster to start, no KUBECONFIG to print."
+	@echo "the CRI socket works with crictl: crictl --runtime-endpoint unix://$(RUNTIME_SOCKET) images"
+
+down:
+	@$(runtime_pid); \
+	if [ -z "$$pid" ]; then \
+		echo "keelson-runtime is not running"; \
+	else \
+		kill -TERM $$pid; \
+		for i in $$(seq 100); do kill -0 $$pid 2>/dev/null || break; sleep 0.1; done; \
+		if kill -0 $$pid 2>/dev/null; then \
+			echo "keelson-runtime (pid $$pid) ignored SIGTERM for 10 s: sending SIGKILL"; kill -KILL $$pid; \
+		fi; \
+		echo "keelson-runtime stopped (pid $$pid)"; \
+	fi; \
+	rm -f $(RUNTIME_PID)
+	@echo "keelson-agent and keelson-server are not built yet: nothing else to stop (data stays)."
