@@ -9,6 +9,7 @@
 
 pub mod busybox;
 pub mod daemon;
+pub mod mirror_support;
 pub mod oci;
 pub mod registry;
 

@@ -61,6 +61,9 @@ pub struct FileConfig {
     pub cni_bin_dirs: Option<Vec<PathBuf>>,
     pub insecure_registries: Option<Vec<String>>,
     pub registry_config_dir: Option<PathBuf>,
+    /// A docker `config.json` (`auths`) with per-registry credentials, used when a pull's
+    /// `AuthConfig` gives none (and for mirrors).
+    pub registry_credentials: Option<PathBuf>,
     pub cgroup_driver: Option<String>,
     pub max_concurrent_downloads: Option<usize>,
 }
@@ -97,6 +100,8 @@ pub struct RuntimeConfig {
     pub cni_bin_dirs: Vec<PathBuf>,
     pub insecure_registries: Vec<String>,
     pub registry_config_dir: PathBuf,
+    /// Docker `config.json` with per-registry credentials; none by default.
+    pub registry_credentials: Option<PathBuf>,
     pub cgroup_driver: CgroupDriver,
     pub max_concurrent_downloads: usize,
 }
@@ -111,6 +116,7 @@ pub struct FlagOverrides {
     pub cni_bin_dirs: Option<String>,
     pub insecure_registries: Vec<String>,
     pub registry_config_dir: Option<PathBuf>,
+    pub registry_credentials: Option<PathBuf>,
     pub cgroup_driver: Option<String>,
 }
 
@@ -168,6 +174,7 @@ impl RuntimeConfig {
                 .registry_config_dir
                 .or(file.registry_config_dir)
                 .unwrap_or_else(|| DEFAULT_REGISTRY_CONFIG_DIR.into()),
+            registry_credentials: flags.registry_credentials.or(file.registry_credentials),
             cgroup_driver: CgroupDriver::resolve(&driver, systemd_booted)?,
             max_concurrent_downloads: file.max_concurrent_downloads.unwrap_or(4).clamp(1, 32),
         })
@@ -199,6 +206,34 @@ mod tests {
         assert_eq!(
             c.cni_bin_dirs,
             vec![PathBuf::from("/opt/cni/bin"), PathBuf::from("/usr/lib/cni")]
+        );
+    }
+
+    #[test]
+    fn registry_credentials_from_file_or_flag() {
+        let none = RuntimeConfig::assemble(FileConfig::default(), FlagOverrides::default(), false)
+            .unwrap();
+        assert_eq!(none.registry_credentials, None);
+        assert_eq!(
+            none.registry_config_dir,
+            PathBuf::from(DEFAULT_REGISTRY_CONFIG_DIR)
+        );
+        let text = "registry_credentials = \"/etc/keelson/config.json\"\n";
+        let file = FileConfig::parse(text, Path::new("t.toml")).unwrap();
+        let c = RuntimeConfig::assemble(file, FlagOverrides::default(), false).unwrap();
+        assert_eq!(
+            c.registry_credentials,
+            Some(PathBuf::from("/etc/keelson/config.json"))
+        );
+        let file = FileConfig::parse(text, Path::new("t.toml")).unwrap();
+        let flags = FlagOverrides {
+            registry_credentials: Some("/run/flag.json".into()),
+            ..Default::default()
+        };
+        let c = RuntimeConfig::assemble(file, flags, false).unwrap();
+        assert_eq!(
+            c.registry_credentials,
+            Some(PathBuf::from("/run/flag.json"))
         );
     }
 

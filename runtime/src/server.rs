@@ -1,10 +1,15 @@
 //! Runs the gRPC services on the CRI unix socket: root lock, socket setup (0660), graceful shutdown.
 
 use crate::config::RuntimeConfig;
+use crate::container::manager::{ContainerManager, KernelOverlay};
+use crate::container::shim::ProcessShim;
 use crate::cri::CriService;
 use crate::image::manager::{ImageManager, ImageManagerOptions};
 use crate::image::manifest::Platform;
 use crate::image::registry::{RegistryClient, RegistryOptions};
+use crate::sandbox::cni::{Cni, ProcessExec};
+use crate::sandbox::manager::{CniNetwork, KernelShm, SandboxManager};
+use crate::sandbox::netns::KernelNetns;
 use keelson_cri::admin::runtime_admin_server::RuntimeAdminServer;
 use keelson_cri::{ImageServiceServer, RuntimeServiceServer};
 use std::fs::{self, File, OpenOptions};
@@ -29,6 +34,10 @@ pub enum ServeError {
     SocketInUse(PathBuf),
     #[error("cannot open the image store: {0}")]
     Images(String),
+    #[error("cannot open the sandbox store: {0}")]
+    Sandboxes(String),
+    #[error("cannot open the container store: {0}")]
+    Containers(String),
     #[error("grpc server failed: {0}")]
     Grpc(#[from] tonic::transport::Error),
 }
@@ -108,6 +117,26 @@ async fn shutdown_signal() {
     }
 }
 
+/// The sandbox manager with the real namespaces, tmpfs and CNI plugins; recovers interrupted work.
+fn open_sandboxes(config: &RuntimeConfig) -> Result<Arc<SandboxManager>, ServeError> {
+    let network = CniNetwork {
+        conf_dir: config.cni_conf_dir.clone(),
+        cni: Cni {
+            bin_dirs: config.cni_bin_dirs.clone(),
+            exec: ProcessExec,
+        },
+    };
+    let manager = SandboxManager::open(
+        &config.root,
+        &config.state,
+        Arc::new(KernelNetns),
+        Arc::new(KernelShm),
+        Arc::new(network),
+    )
+    .map_err(|e| ServeError::Sandboxes(e.to_string()))?;
+    Ok(Arc::new(manager))
+}
+
 /// Opens the stores and serves until SIGTERM/SIGINT.
 pub async fn serve(config: RuntimeConfig) -> Result<(), ServeError> {
     prepare_dir("root", &config.root, 0o700)?;
@@ -116,6 +145,8 @@ pub async fn serve(config: RuntimeConfig) -> Result<(), ServeError> {
     let registry = RegistryClient::new(RegistryOptions {
         insecure_registries: config.insecure_registries.clone(),
         user_agent: format!("keelson-runtime/{}", env!("CARGO_PKG_VERSION")),
+        hosts_dir: Some(config.registry_config_dir.clone()),
+        credentials_file: config.registry_credentials.clone(),
     })
     .map_err(|e| ServeError::Images(e.to_string()))?;
     let images = Arc::new(
@@ -129,11 +160,29 @@ pub async fn serve(config: RuntimeConfig) -> Result<(), ServeError> {
         )
         .map_err(|e| ServeError::Images(e.to_string()))?,
     );
-    // Content a crash left unreferenced (a pull killed before its record was written) goes now.
+    let sandboxes = open_sandboxes(&config)?;
+    let containers = Arc::new(
+        ContainerManager::open(
+            &config.root,
+            &config.state,
+            images.clone(),
+            sandboxes.clone(),
+            Arc::new(KernelOverlay),
+            Arc::new(ProcessShim {
+                binary: ProcessShim::locate(),
+            }),
+            config.cgroup_driver,
+        )
+        .map_err(|e| ServeError::Containers(e.to_string()))?,
+    );
+    let roots = containers.clone();
+    images.set_snapshot_roots(Arc::new(move || roots.store.snapshot_roots()));
+    // Content a crash left unreferenced (a pull killed before its record was written) goes now,
+    // once the containers' layers are known to the collector.
     images.schedule_gc();
     let listener = bind_socket(&config.socket)?;
     let socket = config.socket.clone();
-    let svc = CriService::new(images, Arc::new(config));
+    let svc = CriService::new(images, sandboxes, containers, Arc::new(config));
     tracing::info!(socket = %socket.display(), "serving CRI v1");
     let result = tonic::transport::Server::builder()
         .add_service(RuntimeServiceServer::new(svc.clone()).max_decoding_message_size(16 << 20))

@@ -88,6 +88,7 @@ async fn import_offline(
     let registry = RegistryClient::new(RegistryOptions {
         insecure_registries: vec![],
         user_agent: "keelson-runtime".into(),
+        ..Default::default()
     })?;
     let images = Arc::new(ImageManager::open(
         &config.root,

@@ -2,6 +2,7 @@
 
 mod daemon;
 mod images;
+mod registries;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use keelson_runtime::config::{self, FileConfig, FlagOverrides, RuntimeConfig};
@@ -52,6 +53,9 @@ pub struct GlobalFlags {
     /// Per-registry hosts.toml folders, as containerd's certs.d [default: /etc/keelson/certs.d]
     #[arg(long, global = true)]
     pub registry_config_dir: Option<PathBuf>,
+    /// Docker config.json whose "auths" give per-registry credentials when a pull carries none (and for mirrors) [default: none]
+    #[arg(long, value_name = "FILE", global = true)]
+    pub registry_credentials: Option<PathBuf>,
     /// cgroupfs, systemd or auto [default: auto]
     #[arg(long, global = true)]
     pub cgroup_driver: Option<String>,
@@ -67,6 +71,11 @@ pub enum Command {
         #[command(subcommand)]
         command: images::ImagesCommand,
     },
+    /// Show how registries are reached (mirrors, TLS settings, credentials)
+    Registries {
+        #[command(subcommand)]
+        command: registries::RegistriesCommand,
+    },
 }
 
 impl GlobalFlags {
@@ -81,6 +90,7 @@ impl GlobalFlags {
             cni_bin_dirs: self.cni_bin_dir.clone(),
             insecure_registries: self.insecure_registries.clone(),
             registry_config_dir: self.registry_config_dir.clone(),
+            registry_credentials: self.registry_credentials.clone(),
             cgroup_driver: self.cgroup_driver.clone(),
         };
         Ok(RuntimeConfig::assemble(
@@ -96,7 +106,8 @@ fn init_logging(format: LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -109,5 +120,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         None => daemon::run(config),
         Some(Command::Images { command }) => images::run(command, config),
+        Some(Command::Registries { command }) => registries::run(command, config),
     }
 }

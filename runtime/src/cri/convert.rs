@@ -72,6 +72,10 @@ fn registry_code(e: &RegistryError) -> Code {
         RegistryError::InvalidReference { .. } => Code::InvalidArgument,
         RegistryError::Transport { .. } => Code::Unavailable,
         RegistryError::DigestMismatch { .. } => Code::DataLoss,
+        RegistryError::TlsSetup { .. } => Code::Unavailable,
+        RegistryError::Hosts(_) | RegistryError::NoHosts { .. } => Code::FailedPrecondition,
+        // Several hosts failed: the most telling failure decides.
+        RegistryError::AllHostsFailed { .. } => registry_code(e.primary()),
         _ => Code::Unknown,
     }
 }
@@ -172,5 +176,31 @@ mod tests {
             credentials(Some(&bad)).unwrap_err().code(),
             Code::InvalidArgument
         );
+    }
+
+    #[test]
+    fn multi_host_failures_take_the_most_telling_code() {
+        let unreachable = || RegistryError::Transport {
+            host: "127.0.0.1:9".into(),
+            what: "manifest x:1".into(),
+            detail: "connection refused".into(),
+        };
+        let missing = RegistryError::NotFound {
+            what: "manifest x:1".into(),
+            host: "127.0.0.1:5000".into(),
+        };
+        let e = RegistryError::AllHostsFailed {
+            what: "manifest x:1".into(),
+            failures: vec![("mirror".into(), unreachable()), ("server".into(), missing)],
+        };
+        assert_eq!(registry_code(&e), Code::NotFound);
+        let e = RegistryError::AllHostsFailed {
+            what: "manifest x:1".into(),
+            failures: vec![
+                ("mirror".into(), unreachable()),
+                ("server".into(), unreachable()),
+            ],
+        };
+        assert_eq!(registry_code(&e), Code::Unavailable);
     }
 }

@@ -1,31 +1,60 @@
 //! The CRI v1 gRPC surface: one module per call, each a thin translation onto the runtime's services.
 
+mod container_convert;
+mod container_status;
 mod convert;
+mod create_container;
+mod exec_sync;
 mod image_fs_info;
 mod image_service;
 mod image_status;
 mod import_images;
+mod list_containers;
 mod list_images;
+mod list_pod_sandbox;
+mod pod_sandbox_status;
 mod pull_image;
+mod remove_container;
 mod remove_image;
+mod remove_pod_sandbox;
+mod reopen_container_log;
+mod run_pod_sandbox;
 mod runtime_config;
 mod runtime_service;
+mod sandbox_convert;
+mod start_container;
 mod status;
+mod stop_container;
+mod stop_pod_sandbox;
 mod version;
 
 use crate::config::RuntimeConfig;
+use crate::container::manager::ContainerManager;
 use crate::image::manager::ImageManager;
+use crate::sandbox::manager::SandboxManager;
 use std::sync::Arc;
 
 /// Serves RuntimeService, ImageService and keelson's admin API over one socket.
 #[derive(Clone)]
 pub struct CriService {
     pub(crate) images: Arc<ImageManager>,
+    pub(crate) sandboxes: Arc<SandboxManager>,
+    pub(crate) containers: Arc<ContainerManager>,
     pub(crate) config: Arc<RuntimeConfig>,
 }
 
 impl CriService {
-    pub fn new(images: Arc<ImageManager>, config: Arc<RuntimeConfig>) -> Self {
-        Self { images, config }
+    pub fn new(
+        images: Arc<ImageManager>,
+        sandboxes: Arc<SandboxManager>,
+        containers: Arc<ContainerManager>,
+        config: Arc<RuntimeConfig>,
+    ) -> Self {
+        Self {
+            images,
+            sandboxes,
+            containers,
+            config,
+        }
     }
 }

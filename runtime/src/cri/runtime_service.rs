@@ -7,7 +7,7 @@ use tonic::{Request, Response, Status};
 
 fn not_yet<T>(call: &str) -> Result<T, Status> {
     Err(Status::unimplemented(format!(
-        "{call} is not implemented by keelson-runtime yet: this build serves images only"
+        "{call} is not implemented by keelson-runtime yet: not implemented yet"
     )))
 }
 
@@ -38,79 +38,93 @@ impl RuntimeService for CriService {
 
     async fn run_pod_sandbox(
         &self,
-        _request: Request<RunPodSandboxRequest>,
+        request: Request<RunPodSandboxRequest>,
     ) -> Result<Response<RunPodSandboxResponse>, Status> {
-        not_yet("RunPodSandbox")
+        super::run_pod_sandbox::handle(self, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn stop_pod_sandbox(
         &self,
-        _request: Request<StopPodSandboxRequest>,
+        request: Request<StopPodSandboxRequest>,
     ) -> Result<Response<StopPodSandboxResponse>, Status> {
-        not_yet("StopPodSandbox")
+        super::stop_pod_sandbox::handle(self, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn remove_pod_sandbox(
         &self,
-        _request: Request<RemovePodSandboxRequest>,
+        request: Request<RemovePodSandboxRequest>,
     ) -> Result<Response<RemovePodSandboxResponse>, Status> {
-        not_yet("RemovePodSandbox")
+        super::remove_pod_sandbox::handle(self, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn pod_sandbox_status(
         &self,
-        _request: Request<PodSandboxStatusRequest>,
+        request: Request<PodSandboxStatusRequest>,
     ) -> Result<Response<PodSandboxStatusResponse>, Status> {
-        not_yet("PodSandboxStatus")
+        super::pod_sandbox_status::handle(self, request.into_inner()).map(Response::new)
     }
 
     async fn list_pod_sandbox(
         &self,
-        _request: Request<ListPodSandboxRequest>,
+        request: Request<ListPodSandboxRequest>,
     ) -> Result<Response<ListPodSandboxResponse>, Status> {
-        not_yet("ListPodSandbox")
+        super::list_pod_sandbox::handle(self, request.into_inner()).map(Response::new)
     }
 
     async fn create_container(
         &self,
-        _request: Request<CreateContainerRequest>,
+        request: Request<CreateContainerRequest>,
     ) -> Result<Response<CreateContainerResponse>, Status> {
-        not_yet("CreateContainer")
+        super::create_container::handle(self, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn start_container(
         &self,
-        _request: Request<StartContainerRequest>,
+        request: Request<StartContainerRequest>,
     ) -> Result<Response<StartContainerResponse>, Status> {
-        not_yet("StartContainer")
+        super::start_container::handle(self, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn stop_container(
         &self,
-        _request: Request<StopContainerRequest>,
+        request: Request<StopContainerRequest>,
     ) -> Result<Response<StopContainerResponse>, Status> {
-        not_yet("StopContainer")
+        super::stop_container::handle(self, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn remove_container(
         &self,
-        _request: Request<RemoveContainerRequest>,
+        request: Request<RemoveContainerRequest>,
     ) -> Result<Response<RemoveContainerResponse>, Status> {
-        not_yet("RemoveContainer")
+        super::remove_container::handle(self, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn list_containers(
         &self,
-        _request: Request<ListContainersRequest>,
+        request: Request<ListContainersRequest>,
     ) -> Result<Response<ListContainersResponse>, Status> {
-        not_yet("ListContainers")
+        super::list_containers::handle(self, request.into_inner()).map(Response::new)
     }
 
     async fn container_status(
         &self,
-        _request: Request<ContainerStatusRequest>,
+        request: Request<ContainerStatusRequest>,
     ) -> Result<Response<ContainerStatusResponse>, Status> {
-        not_yet("ContainerStatus")
+        super::container_status::handle(self, request.into_inner()).map(Response::new)
     }
 
     async fn update_container_resources(
@@ -122,16 +136,20 @@ impl RuntimeService for CriService {
 
     async fn reopen_container_log(
         &self,
-        _request: Request<ReopenContainerLogRequest>,
+        request: Request<ReopenContainerLogRequest>,
     ) -> Result<Response<ReopenContainerLogResponse>, Status> {
-        not_yet("ReopenContainerLog")
+        super::reopen_container_log::handle(self, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn exec_sync(
         &self,
-        _request: Request<ExecSyncRequest>,
+        request: Request<ExecSyncRequest>,
     ) -> Result<Response<ExecSyncResponse>, Status> {
-        not_yet("ExecSync")
+        super::exec_sync::handle(self, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn exec(&self, _request: Request<ExecRequest>) -> Result<Response<ExecResponse>, Status> {

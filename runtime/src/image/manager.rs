@@ -10,7 +10,7 @@ use crate::image::digest::{Digest, HashingReader};
 use crate::image::keyed_lock::KeyedLocks;
 use crate::image::manifest::{self, Descriptor, ManifestError, Parsed, Platform};
 use crate::image::reference::{Reference, ReferenceError};
-use crate::image::registry::{Credentials, RegistryClient, RegistryError};
+use crate::image::registry::{Credentials, Endpoints, RegistryClient, RegistryError};
 use crate::image::snapshot::{self, SnapshotError, SnapshotStore};
 use crate::image::store::{ImageRecord, ImageStore, ImageStoreError, RECORD_VERSION};
 use crate::image::unpack::{self, Compression, UnpackError};
@@ -123,7 +123,12 @@ pub struct ImageManager {
     /// Pulls hold it shared; garbage collection takes it exclusively, so it never deletes a
     /// snapshot or blob that an unfinished pull has committed but not yet recorded.
     gc_lock: RwLock<()>,
+    /// Snapshots that something other than an image holds (containers' rootfs layers).
+    extra_roots: std::sync::RwLock<Option<SnapshotRoots>>,
 }
+
+/// Lists snapshot chain ids that garbage collection must keep.
+pub type SnapshotRoots = Arc<dyn Fn() -> Vec<Digest> + Send + Sync>;
 
 /// Reads a layer's bytes as they arrive from the async download; refuses more than the manifest declared.
 struct ChannelReader {
@@ -220,6 +225,7 @@ impl ImageManager {
             layer_locks: KeyedLocks::default(),
             downloads: Semaphore::new(opts.max_concurrent_downloads.max(1)),
             gc_lock: RwLock::new(()),
+            extra_roots: std::sync::RwLock::new(None),
         };
         for r in manager.images.list() {
             let missing: Vec<&Digest> = r
@@ -303,6 +309,11 @@ impl ImageManager {
         Ok(true)
     }
 
+    /// Registers who else holds snapshots (the container store), so GC keeps their layers.
+    pub fn set_snapshot_roots(&self, roots: SnapshotRoots) {
+        *self.extra_roots.write().expect("gc roots lock") = Some(roots);
+    }
+
     /// Collects garbage without making the caller wait.
     pub fn schedule_gc(self: &Arc<Self>) {
         let me = self.clone();
@@ -319,8 +330,18 @@ impl ImageManager {
         let me = self.clone();
         tokio::task::spawn_blocking(move || {
             let images = me.images.list();
-            let live_snapshots: HashSet<&Digest> =
-                images.iter().flat_map(|r| r.chain_ids.iter()).collect();
+            let extra = me
+                .extra_roots
+                .read()
+                .expect("gc roots lock")
+                .clone()
+                .map(|f| f())
+                .unwrap_or_default();
+            let live_snapshots: HashSet<&Digest> = images
+                .iter()
+                .flat_map(|r| r.chain_ids.iter())
+                .chain(extra.iter())
+                .collect();
             let live_blobs: HashSet<&Digest> = images
                 .iter()
                 .flat_map(|r| r.manifests.iter().chain(std::iter::once(&r.id)))
@@ -402,12 +423,17 @@ impl ImageManager {
             image: name.clone(),
             source,
         };
+        // The registry's hosts (mirrors, then the server) and their credentials, read once per pull.
+        let endpoints = self
+            .registry
+            .endpoints(&reference, creds)
+            .map_err(reg_err)?;
         let _shared = self.gc_lock.read().await;
         let started = std::time::Instant::now();
 
         let top = self
             .registry
-            .fetch_manifest(&reference, &reference.reference(), creds)
+            .fetch_manifest_from(&endpoints, &reference.reference())
             .await
             .map_err(reg_err)?;
         let mut metadata: Vec<(Digest, Bytes)> = vec![(top.digest.clone(), top.bytes.clone())];
@@ -419,7 +445,7 @@ impl ImageManager {
                 let desc = index.select(&self.platform, &top.digest).map_err(man_err)?;
                 let m = self
                     .registry
-                    .fetch_manifest(&reference, desc.digest.as_str(), creds)
+                    .fetch_manifest_from(&endpoints, desc.digest.as_str())
                     .await
                     .map_err(reg_err)?;
                 metadata.push((m.digest.clone(), m.bytes.clone()));
@@ -439,7 +465,7 @@ impl ImageManager {
 
         let config_desc = &manifest.config;
         let config_bytes = self
-            .fetch_small_blob(&reference, config_desc, creds, &name)
+            .fetch_small_blob(&endpoints, config_desc, &name)
             .await?;
         let config =
             manifest::parse_config(&config_desc.digest, &config_bytes, manifest.layers.len())
@@ -448,9 +474,8 @@ impl ImageManager {
 
         let layer_jobs = manifest.layers.iter().enumerate().map(|(i, desc)| {
             self.ensure_layer(
-                &reference,
+                &endpoints,
                 &name,
-                creds,
                 desc,
                 &config.rootfs.diff_ids[i],
                 &chain[..=i],
@@ -506,9 +531,8 @@ impl ImageManager {
 
     async fn fetch_small_blob(
         &self,
-        reference: &Reference,
+        endpoints: &Endpoints,
         desc: &Descriptor,
-        creds: &Credentials,
         name: &str,
     ) -> Result<Bytes, PullError> {
         if let Ok(data) = self.content.get(&desc.digest) {
@@ -525,7 +549,7 @@ impl ImageManager {
         }
         let blob = self
             .registry
-            .fetch_blob(reference, &desc.digest, creds)
+            .fetch_blob_from(endpoints, &desc.digest)
             .await
             .map_err(|source| PullError::Registry {
                 image: name.into(),
@@ -565,9 +589,8 @@ impl ImageManager {
     /// `chain` holds the chain ids of this layer and all below it.
     async fn ensure_layer(
         &self,
-        reference: &Reference,
+        endpoints: &Endpoints,
         name: &str,
-        creds: &Credentials,
         desc: &Descriptor,
         diff_id: &Digest,
         chain: &[Digest],
@@ -593,7 +616,7 @@ impl ImageManager {
             .expect("download semaphore never closes");
         let blob = self
             .registry
-            .fetch_blob(reference, &desc.digest, creds)
+            .fetch_blob_from(endpoints, &desc.digest)
             .await
             .map_err(|source| PullError::Registry {
                 image: name.into(),

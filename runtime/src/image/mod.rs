@@ -1,7 +1,9 @@
 //! The image half of the runtime: references, registries, content, snapshots and the image store.
 
 pub mod content;
+pub mod credentials;
 pub mod digest;
+pub mod hosts;
 pub mod import;
 pub mod keyed_lock;
 pub mod manager;

@@ -1,7 +1,17 @@
 //! A pull-only client for the OCI distribution (registry v2) API: manifests and blobs, with
 //! Docker-style token/basic authentication and an HTTP fallback for insecure and loopback registries.
+//!
+//! Every request goes through the registry's ordered host list ([`crate::image::hosts`]): mirrors
+//! first, the server last; tags are resolved only on hosts with `resolve`, content by digest on
+//! hosts with `pull`, and a host that fails hands the request to the next. Each host gets its own
+//! HTTP client when it has TLS settings (CA, client certificate, `skip_verify`), and its own
+//! credentials ([`crate::image::credentials`] for mirrors).
 
+use crate::image::credentials::DockerConfig;
 use crate::image::digest::{Digest, Hasher};
+use crate::image::hosts::{
+    self, HostRole, HostScheme, HostsConfig, HostsError, HostsSource, RegistryHost,
+};
 use crate::image::reference::{Reference, is_valid_tag};
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
@@ -9,7 +19,9 @@ use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, WWW_AUTHENTICATE};
 use reqwest::{Response, StatusCode};
 use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::io::Read;
 use std::net::IpAddr;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -63,6 +75,18 @@ impl fmt::Debug for Credentials {
 }
 
 impl Credentials {
+    /// Whether nothing at all is set (an anonymous pull).
+    pub fn is_empty(&self) -> bool {
+        [
+            &self.username,
+            &self.password,
+            &self.identity_token,
+            &self.registry_token,
+        ]
+        .iter()
+        .all(|s| s.as_deref().is_none_or(str::is_empty))
+    }
+
     fn basic(&self) -> Option<(&str, &str)> {
         match (&self.username, &self.password) {
             (Some(u), Some(p)) if !u.is_empty() => Some((u, p)),
@@ -96,6 +120,12 @@ pub struct RegistryOptions {
     /// Hosts (`host` or `host:port`) that may be reached over plain HTTP when HTTPS fails.
     pub insecure_registries: Vec<String>,
     pub user_agent: String,
+    /// containerd-style `certs.d` folder (one `hosts.toml` per registry: mirrors, TLS settings),
+    /// read again for every pull. `None`: every registry is reached directly.
+    pub hosts_dir: Option<PathBuf>,
+    /// A docker `config.json` whose `auths` give per-host credentials when a pull carries none;
+    /// read again for every pull.
+    pub credentials_file: Option<PathBuf>,
 }
 
 impl Default for RegistryOptions {
@@ -103,6 +133,8 @@ impl Default for RegistryOptions {
         Self {
             insecure_registries: Vec::new(),
             user_agent: default_user_agent(),
+            hosts_dir: None,
+            credentials_file: None,
         }
     }
 }
@@ -195,6 +227,63 @@ pub enum RegistryError {
     UnsupportedSchema1 { what: String, media_type: String },
     #[error("invalid {what}: {reason}")]
     InvalidManifest { what: String, reason: String },
+    #[error(transparent)]
+    Hosts(#[from] HostsError),
+    #[error("no host configured for {namespace} may {capability} ({what}); see {config}")]
+    NoHosts {
+        namespace: String,
+        capability: &'static str,
+        what: String,
+        config: String,
+    },
+    #[error("cannot set up tls for registry host {host}: {reason}")]
+    TlsSetup { host: String, reason: String },
+    #[error("{what} failed on every host: {}", join_failures(.failures))]
+    AllHostsFailed {
+        what: String,
+        /// Each host tried (role and url) with its error, in the order tried.
+        failures: Vec<(String, RegistryError)>,
+    },
+}
+
+fn join_failures(failures: &[(String, RegistryError)]) -> String {
+    failures
+        .iter()
+        .map(|(host, e)| format!("{host}: {e}"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl RegistryError {
+    /// The error that best explains a failure on several hosts, as containerd ranks them: an
+    /// answer (refusal, bad content, error status) over "not found" over an unreachable host;
+    /// the first of equals. Any other error is its own primary.
+    pub fn primary(&self) -> &RegistryError {
+        fn rank(e: &RegistryError) -> u8 {
+            match e {
+                RegistryError::Transport { .. } | RegistryError::TlsSetup { .. } => 0,
+                RegistryError::NotFound { .. } => 1,
+                _ => 2,
+            }
+        }
+        match self {
+            RegistryError::AllHostsFailed { failures, .. } => failures
+                .iter()
+                .rev()
+                .map(|(_, e)| e)
+                .max_by_key(|e| rank(e))
+                .map_or(self, RegistryError::primary),
+            other => other,
+        }
+    }
+
+    /// One host's error as is; several as one error listing them all.
+    fn from_failures(what: String, mut failures: Vec<(String, RegistryError)>) -> RegistryError {
+        if failures.len() == 1 {
+            return failures.pop().expect("one failure").1;
+        }
+        RegistryError::AllHostsFailed { what, failures }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -244,10 +333,26 @@ struct CachedToken {
 /// (api host, scope, credentials fingerprint)
 type TokenKey = (String, String, String);
 
+/// How many HTTP clients with host-specific TLS settings are kept.
+const MAX_CACHED_CLIENTS: usize = 64;
+/// How many distinct configuration warnings are remembered (each is logged once).
+const MAX_REMEMBERED_WARNINGS: usize = 256;
+/// Largest CA or client certificate file read.
+const TLS_FILE_MAX_BYTES: u64 = 1 << 20;
+
 struct Inner {
+    /// The client for hosts without TLS settings of their own.
     http: reqwest::Client,
+    user_agent: String,
     /// Lowercased entries of `insecure_registries`.
     insecure: Vec<String>,
+    hosts_dir: Option<PathBuf>,
+    credentials_file: Option<PathBuf>,
+    /// Clients for hosts with their own TLS settings, keyed by a hash of those settings
+    /// (file contents included, so a replaced CA file takes effect).
+    clients: Mutex<HashMap<String, reqwest::Client>>,
+    /// Configuration warnings already logged.
+    warned: Mutex<HashSet<String>>,
     /// The scheme known to work for each host that may use plain HTTP.
     schemes: Mutex<HashMap<String, Scheme>>,
     tokens: Mutex<HashMap<TokenKey, CachedToken>>,
@@ -265,12 +370,130 @@ impl fmt::Debug for RegistryClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RegistryClient")
             .field("insecure", &self.inner.insecure)
+            .field("hosts_dir", &self.inner.hosts_dir)
+            .field("credentials_file", &self.inner.credentials_file)
             .finish_non_exhaustive()
     }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Where the credentials sent to a host come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CredentialsSource {
+    /// None: anonymous.
+    None,
+    /// The pull request's `AuthConfig` (sent to the server only, never to a mirror).
+    Request,
+    /// An entry of the credentials file.
+    File { path: PathBuf, key: String },
+}
+
+impl fmt::Display for CredentialsSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CredentialsSource::None => f.write_str("none"),
+            CredentialsSource::Request => f.write_str("from the pull request"),
+            CredentialsSource::File { path, key } => {
+                write!(f, "{} entry {key:?}", path.display())
+            }
+        }
+    }
+}
+
+/// One host of a pull, ready to be asked: its settings, credentials and HTTP client.
+#[derive(Clone, Debug)]
+pub struct Endpoint {
+    pub host: RegistryHost,
+    pub credentials_source: CredentialsSource,
+    /// Redacted in `Debug`.
+    credentials: Credentials,
+    /// The client for this host's TLS settings, or why it could not be made.
+    client: Result<reqwest::Client, String>,
+}
+
+impl Endpoint {
+    /// Why this host cannot be used (unreadable CA or client certificate), if it cannot.
+    pub fn setup_error(&self) -> Option<&str> {
+        self.client.as_ref().err().map(String::as_str)
+    }
+
+    /// `mirror http://127.0.0.1:5001`, for messages.
+    pub fn label(&self) -> String {
+        format!("{} {}", self.host.role, self.host.base_url())
+    }
+}
+
+/// The hosts one pull talks to, mirrors first and the server last, read once per pull from the
+/// host config folder and the credentials file.
+#[derive(Clone, Debug)]
+pub struct Endpoints {
+    /// The registry as named in the image reference (`docker.io`, `127.0.0.1:5000`).
+    pub namespace: String,
+    pub repository: String,
+    pub source: HostsSource,
+    pub hosts: Vec<Endpoint>,
+    /// Ignored settings and unusable credentials files, for operators.
+    pub warnings: Vec<String>,
+}
+
+/// A manifest reference that is a digest, else `None` for a tag; anything else is refused.
+fn manifest_digest(repository: &str, reference: &str) -> Result<Option<Digest>, RegistryError> {
+    let invalid = || RegistryError::InvalidReference {
+        repository: repository.to_string(),
+        reference: reference.to_string(),
+    };
+    if reference.contains(':') {
+        Digest::parse(reference).map(Some).map_err(|_| invalid())
+    } else if is_valid_tag(reference) {
+        Ok(None)
+    } else {
+        Err(invalid())
+    }
+}
+
+impl Endpoints {
+    /// The hosts asked for the manifest `reference`, in order: those with `resolve` for a tag,
+    /// those with `pull` for a digest.
+    pub fn for_manifest(&self, reference: &str) -> Vec<&Endpoint> {
+        if reference.contains(':') {
+            self.for_blobs()
+        } else {
+            self.hosts
+                .iter()
+                .filter(|h| h.host.capabilities.resolve)
+                .collect()
+        }
+    }
+
+    /// The hosts asked for blobs (and manifests by digest), in order.
+    pub fn for_blobs(&self) -> Vec<&Endpoint> {
+        self.hosts
+            .iter()
+            .filter(|h| h.host.capabilities.pull)
+            .collect()
+    }
+
+    /// The URL of a request to `h` (with the scheme tried first).
+    pub fn url(&self, h: &Endpoint, kind: &str, reference: &str) -> String {
+        format!(
+            "{}{}",
+            h.host.base_url(),
+            h.host
+                .request_path(&self.namespace, &self.repository, kind, reference)
+        )
+    }
+
+    fn no_hosts(&self, capability: &'static str, what: &str) -> RegistryError {
+        RegistryError::NoHosts {
+            namespace: self.namespace.clone(),
+            capability,
+            what: what.to_string(),
+            config: self.source.to_string(),
+        }
+    }
 }
 
 impl RegistryClient {
@@ -282,7 +505,7 @@ impl RegistryClient {
             opts.user_agent
         };
         let http = reqwest::Client::builder()
-            .user_agent(user_agent)
+            .user_agent(user_agent.clone())
             .connect_timeout(CONNECT_TIMEOUT)
             .read_timeout(READ_IDLE_TIMEOUT)
             .build()
@@ -303,7 +526,12 @@ impl RegistryClient {
         Ok(Self {
             inner: Arc::new(Inner {
                 http,
+                user_agent,
                 insecure,
+                hosts_dir: opts.hosts_dir,
+                credentials_file: opts.credentials_file,
+                clients: Mutex::default(),
+                warned: Mutex::default(),
                 schemes: Mutex::default(),
                 tokens: Mutex::default(),
                 basic_hosts: Mutex::default(),
@@ -311,35 +539,267 @@ impl RegistryClient {
         })
     }
 
+    /// The hosts a pull of `r` talks to, in order, each with the credentials it gets: the
+    /// request's `creds` go to the server; the credentials file fills in for the server when
+    /// `creds` is empty, and is the only source for mirrors. Reads the host config folder and
+    /// the credentials file afresh. A broken `hosts.toml` fails only pulls from its registry.
+    pub fn endpoints(
+        &self,
+        r: &Reference,
+        creds: &Credentials,
+    ) -> Result<Endpoints, RegistryError> {
+        let namespace = r.registry.to_ascii_lowercase();
+        let config = match &self.inner.hosts_dir {
+            Some(dir) => hosts::load(dir, &namespace)?,
+            None => HostsConfig::builtin(&namespace),
+        };
+        let mut warnings = config.warnings;
+        let file = match &self.inner.credentials_file {
+            Some(path) => match DockerConfig::load(path) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    warnings.push(format!("{e}; pulling without its credentials"));
+                    None
+                }
+            },
+            None => None,
+        };
+        let mut hosts = Vec::with_capacity(config.hosts.len());
+        for host in config.hosts {
+            let server = host.role == HostRole::Server;
+            let from_file = file.as_ref().and_then(|f| {
+                f.lookup(&host.authority, &r.repository)
+                    .or_else(|| {
+                        server
+                            .then(|| f.lookup(&namespace, &r.repository))
+                            .flatten()
+                    })
+                    .map(|found| (f.path().to_path_buf(), found))
+            });
+            let (credentials, credentials_source) = if server && !creds.is_empty() {
+                (creds.clone(), CredentialsSource::Request)
+            } else if let Some((path, found)) = from_file {
+                (
+                    found.credentials,
+                    CredentialsSource::File {
+                        path,
+                        key: found.key,
+                    },
+                )
+            } else {
+                (Credentials::default(), CredentialsSource::None)
+            };
+            if host.tls.client.len() > 1 {
+                warnings.push(format!(
+                    "{}: only the first client certificate is used",
+                    host.base_url()
+                ));
+            }
+            let client = self.client_for(&host);
+            if let Err(reason) = &client {
+                warnings.push(format!("{}: {reason}", host.base_url()));
+            }
+            hosts.push(Endpoint {
+                host,
+                credentials_source,
+                credentials,
+                client,
+            });
+        }
+        self.log_warnings(&warnings);
+        debug!(
+            registry = %namespace,
+            source = %config.source,
+            hosts = ?hosts.iter().map(Endpoint::label).collect::<Vec<_>>(),
+            "registry hosts"
+        );
+        Ok(Endpoints {
+            namespace,
+            repository: r.repository.clone(),
+            source: config.source,
+            hosts,
+            warnings,
+        })
+    }
+
+    /// Logs each configuration warning once.
+    fn log_warnings(&self, warnings: &[String]) {
+        if warnings.is_empty() {
+            return;
+        }
+        let mut warned = lock(&self.inner.warned);
+        for w in warnings {
+            if !warned.contains(w) {
+                tracing::warn!("registry configuration: {w}");
+                if warned.len() >= MAX_REMEMBERED_WARNINGS {
+                    warned.clear();
+                }
+                warned.insert(w.clone());
+            }
+        }
+    }
+
+    /// The HTTP client for a host: the shared one, or one made (and cached) for its TLS settings.
+    fn client_for(&self, host: &RegistryHost) -> Result<reqwest::Client, String> {
+        if !host.tls.is_set() && host.dial_timeout.is_none() {
+            return Ok(self.inner.http.clone());
+        }
+        let read = |path: &Path, what: &str| -> Result<Vec<u8>, String> {
+            let f = std::fs::File::open(path)
+                .map_err(|e| format!("cannot read {what} {}: {e}", path.display()))?;
+            let mut data = Vec::new();
+            f.take(TLS_FILE_MAX_BYTES + 1)
+                .read_to_end(&mut data)
+                .map_err(|e| format!("cannot read {what} {}: {e}", path.display()))?;
+            if data.len() as u64 > TLS_FILE_MAX_BYTES {
+                return Err(format!("{what} {} is too large", path.display()));
+            }
+            Ok(data)
+        };
+        let mut key = Hasher::new();
+        let mut part = |bytes: &[u8]| {
+            key.update(&(bytes.len() as u64).to_le_bytes());
+            key.update(bytes);
+        };
+        let mut cas = Vec::new();
+        for path in &host.tls.ca {
+            let pem = read(path, "ca file")?;
+            part(&pem);
+            cas.push((path, pem));
+        }
+        let identity = match host.tls.client.first() {
+            Some((cert, key_path)) => {
+                let mut pem = read(cert, "client certificate")?;
+                if let Some(k) = key_path {
+                    pem.push(b'\n');
+                    pem.extend(read(k, "client key")?);
+                }
+                part(&pem);
+                Some((cert, pem))
+            }
+            None => None,
+        };
+        part(&[u8::from(host.tls.skip_verify)]);
+        let timeout = host.dial_timeout.unwrap_or(CONNECT_TIMEOUT);
+        part(&timeout.as_nanos().to_le_bytes());
+        let key = key.finish().hex().to_string();
+        if let Some(c) = lock(&self.inner.clients).get(&key) {
+            return Ok(c.clone());
+        }
+
+        let mut b = reqwest::Client::builder()
+            .user_agent(self.inner.user_agent.clone())
+            .connect_timeout(timeout)
+            .read_timeout(READ_IDLE_TIMEOUT);
+        let mut roots = Vec::new();
+        for (path, pem) in cas {
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| format!("ca file {}: {}", path.display(), error_chain(&e)))?;
+            if certs.is_empty() {
+                return Err(format!(
+                    "ca file {} holds no pem certificate",
+                    path.display()
+                ));
+            }
+            roots.extend(certs);
+        }
+        if !roots.is_empty() {
+            b = b.tls_certs_merge(roots);
+        }
+        if let Some((path, pem)) = identity {
+            let id = reqwest::Identity::from_pem(&pem).map_err(|e| {
+                format!(
+                    "client certificate {} (with its key): {}",
+                    path.display(),
+                    error_chain(&e)
+                )
+            })?;
+            b = b.identity(id);
+        }
+        if host.tls.skip_verify {
+            b = b.tls_danger_accept_invalid_certs(true);
+        }
+        let client = b.build().map_err(|e| error_chain(&e))?;
+        let mut clients = lock(&self.inner.clients);
+        if clients.len() >= MAX_CACHED_CLIENTS {
+            clients.clear();
+        }
+        clients.insert(key, client.clone());
+        Ok(client)
+    }
+
     /// GET /v2/<repo>/manifests/<reference>; Accept: OCI index, OCI manifest, Docker manifest list v2,
-    /// Docker manifest v2 (schema 2).
+    /// Docker manifest v2 (schema 2). Reads the host configuration for this one request.
     pub async fn fetch_manifest(
         &self,
         r: &Reference,
         reference: &str,
         creds: &Credentials,
     ) -> Result<Manifest, RegistryError> {
-        let expected = if reference.contains(':') {
-            Some(
-                Digest::parse(reference).map_err(|_| RegistryError::InvalidReference {
-                    repository: r.repository.clone(),
-                    reference: reference.to_string(),
-                })?,
-            )
-        } else if is_valid_tag(reference) {
-            None
-        } else {
-            return Err(RegistryError::InvalidReference {
-                repository: r.repository.clone(),
-                reference: reference.to_string(),
-            });
-        };
+        manifest_digest(&r.repository, reference)?;
+        let endpoints = self.endpoints(r, creds)?;
+        self.fetch_manifest_from(&endpoints, reference).await
+    }
+
+    /// The manifest `reference` from the first host that has it: by tag only from hosts that may
+    /// resolve, by digest from hosts that may pull (checked against the digest). A host that
+    /// fails (unreachable, 404, 5xx, refused, wrong content) passes the request to the next.
+    pub async fn fetch_manifest_from(
+        &self,
+        endpoints: &Endpoints,
+        reference: &str,
+    ) -> Result<Manifest, RegistryError> {
+        let expected = manifest_digest(&endpoints.repository, reference)?;
         let what = match expected {
-            Some(_) => format!("manifest {}@{reference}", r.repository),
-            None => format!("manifest {}:{reference}", r.repository),
+            Some(_) => format!("manifest {}@{reference}", endpoints.repository),
+            None => format!("manifest {}:{reference}", endpoints.repository),
         };
-        let host = r.api_host();
-        let path = format!("/v2/{}/manifests/{reference}", r.repository);
+        let hosts = endpoints.for_manifest(reference);
+        if hosts.is_empty() {
+            let capability = if expected.is_some() {
+                "pull"
+            } else {
+                "resolve tags"
+            };
+            return Err(endpoints.no_hosts(capability, &what));
+        }
+        let mut failures = Vec::new();
+        let last = hosts.len() - 1;
+        for (i, h) in hosts.into_iter().enumerate() {
+            match self
+                .manifest_from_host(endpoints, h, reference, expected.as_ref(), &what)
+                .await
+            {
+                Ok(m) => {
+                    if i > 0 {
+                        debug!(%what, host = %h.label(), "served after {i} host(s) failed");
+                    }
+                    return Ok(m);
+                }
+                Err(e) => {
+                    if i < last {
+                        tracing::info!(%what, host = %h.label(), error = %e, "registry host failed; trying the next one");
+                    }
+                    failures.push((h.label(), e));
+                }
+            }
+        }
+        Err(RegistryError::from_failures(what, failures))
+    }
+
+    async fn manifest_from_host(
+        &self,
+        endpoints: &Endpoints,
+        h: &Endpoint,
+        reference: &str,
+        expected: Option<&Digest>,
+        what: &str,
+    ) -> Result<Manifest, RegistryError> {
+        let host = h.host.authority.as_str();
+        let repository = endpoints.repository.as_str();
+        let path = h
+            .host
+            .request_path(&endpoints.namespace, repository, "manifests", reference);
         let accept = [
             MEDIA_TYPE_OCI_INDEX,
             MEDIA_TYPE_OCI_MANIFEST,
@@ -348,16 +808,16 @@ impl RegistryClient {
         ]
         .join(", ");
 
-        let mut resp = self.get(r, &path, Some(&accept), &what, creds).await?;
+        let mut resp = self.get(h, repository, &path, Some(&accept), what).await?;
         if !resp.status().is_success() {
-            return Err(status_error(resp, host, &r.repository, &what).await);
+            return Err(status_error(resp, host, repository, what).await);
         }
         if resp
             .content_length()
             .is_some_and(|n| n > MANIFEST_MAX_BYTES as u64)
         {
             return Err(RegistryError::TooLarge {
-                what,
+                what: what.to_string(),
                 limit: MANIFEST_MAX_BYTES,
             });
         }
@@ -365,37 +825,37 @@ impl RegistryClient {
         let header_digest = header_str(resp.headers(), "docker-content-digest").map(str::to_string);
         let (body, truncated) = read_up_to(&mut resp, MANIFEST_MAX_BYTES)
             .await
-            .map_err(|e| transport(host, &what, e))?;
+            .map_err(|e| transport(host, what, e))?;
         if truncated {
             return Err(RegistryError::TooLarge {
-                what,
+                what: what.to_string(),
                 limit: MANIFEST_MAX_BYTES,
             });
         }
         let actual = Digest::of(&body);
         if let Some(expected) = expected {
-            if expected != actual {
+            if *expected != actual {
                 return Err(RegistryError::DigestMismatch {
-                    expected,
+                    expected: expected.clone(),
                     actual,
-                    what,
+                    what: what.to_string(),
                 });
             }
-        } else if let Some(h) = header_digest {
-            match Digest::parse(&h) {
+        } else if let Some(hd) = header_digest {
+            match Digest::parse(&hd) {
                 Ok(expected) if expected != actual => {
                     return Err(RegistryError::DigestMismatch {
                         expected,
                         actual,
-                        what,
+                        what: what.to_string(),
                     });
                 }
                 Ok(_) => {}
                 Err(e) => debug!(%what, "ignoring docker-content-digest header: {e}"),
             }
         }
-        let media_type = manifest_media_type(content_type.as_deref(), &body, &what)?;
-        debug!(%what, %media_type, digest = %actual, size = body.len(), "fetched manifest");
+        let media_type = manifest_media_type(content_type.as_deref(), &body, what)?;
+        debug!(%what, %media_type, digest = %actual, size = body.len(), host = %h.label(), "fetched manifest");
         Ok(Manifest {
             media_type,
             digest: actual,
@@ -403,24 +863,68 @@ impl RegistryClient {
         })
     }
 
-    /// GET /v2/<repo>/blobs/<digest>, following redirects. The caller verifies the digest while streaming.
+    /// GET /v2/<repo>/blobs/<digest>, following redirects. The caller verifies the digest while
+    /// streaming. Reads the host configuration for this one request.
     pub async fn fetch_blob(
         &self,
         r: &Reference,
         digest: &Digest,
         creds: &Credentials,
     ) -> Result<BlobStream, RegistryError> {
-        let what = format!("blob {digest} of {}", r.repository);
-        let host = r.api_host();
-        let path = format!("/v2/{}/blobs/{digest}", r.repository);
-        let resp = self.get(r, &path, None, &what, creds).await?;
+        let endpoints = self.endpoints(r, creds)?;
+        self.fetch_blob_from(&endpoints, digest).await
+    }
+
+    /// The blob from the first host with `pull` that answers with it; a host that fails before
+    /// the body starts passes the request to the next. The caller verifies the digest while
+    /// streaming: a mirror is not trusted.
+    pub async fn fetch_blob_from(
+        &self,
+        endpoints: &Endpoints,
+        digest: &Digest,
+    ) -> Result<BlobStream, RegistryError> {
+        let what = format!("blob {digest} of {}", endpoints.repository);
+        let hosts = endpoints.for_blobs();
+        if hosts.is_empty() {
+            return Err(endpoints.no_hosts("pull", &what));
+        }
+        let mut failures = Vec::new();
+        let last = hosts.len() - 1;
+        for (i, h) in hosts.into_iter().enumerate() {
+            match self.blob_from_host(endpoints, h, digest, &what).await {
+                Ok(b) => return Ok(b),
+                Err(e) => {
+                    if i < last {
+                        tracing::info!(%what, host = %h.label(), error = %e, "registry host failed; trying the next one");
+                    }
+                    failures.push((h.label(), e));
+                }
+            }
+        }
+        Err(RegistryError::from_failures(what, failures))
+    }
+
+    async fn blob_from_host(
+        &self,
+        endpoints: &Endpoints,
+        h: &Endpoint,
+        digest: &Digest,
+        what: &str,
+    ) -> Result<BlobStream, RegistryError> {
+        let host = h.host.authority.as_str();
+        let repository = endpoints.repository.as_str();
+        let path = h
+            .host
+            .request_path(&endpoints.namespace, repository, "blobs", digest.as_str());
+        let resp = self.get(h, repository, &path, None, what).await?;
         if !resp.status().is_success() {
-            return Err(status_error(resp, host, &r.repository, &what).await);
+            return Err(status_error(resp, host, repository, what).await);
         }
         let size = resp.content_length();
         // After a redirect the body comes from another host (often a CDN): name that one in errors.
         let body_host = url_authority(resp.url()).unwrap_or_else(|| host.to_string());
-        debug!(%what, final_host = %body_host, ?size, "streaming blob");
+        debug!(%what, host = %h.label(), final_host = %body_host, ?size, "streaming blob");
+        let what = what.to_string();
         let stream = resp
             .bytes_stream()
             .map(move |chunk| chunk.map_err(|e| transport(&body_host, &what, e)));
@@ -430,23 +934,24 @@ impl RegistryClient {
         })
     }
 
-    /// Sends a GET to the registry, answering one authentication challenge. Returns any response
+    /// Sends a GET to one host, answering one authentication challenge. Returns any response
     /// but 401; the caller judges the status.
     async fn get(
         &self,
-        r: &Reference,
+        h: &Endpoint,
+        repository: &str,
         path: &str,
         accept: Option<&str>,
         what: &str,
-        creds: &Credentials,
     ) -> Result<Response, RegistryError> {
-        let host = r.api_host();
-        let scope = format!("repository:{}:pull", r.repository);
+        let host = h.host.authority.as_str();
+        let creds = &h.credentials;
+        let scope = format!("repository:{repository}:pull");
         let key: TokenKey = (host.to_string(), scope, creds.fingerprint());
 
         let preemptive = self.cached_auth(&key, creds);
         let mut resp = self
-            .send(host, path, accept, preemptive.as_ref(), what)
+            .send(h, path, accept, preemptive.as_ref(), what)
             .await?;
         if resp.status() != StatusCode::UNAUTHORIZED {
             return Ok(resp);
@@ -463,13 +968,13 @@ impl RegistryClient {
             .collect();
         let unauthorized = |reason: &str| RegistryError::Unauthorized {
             host: host.to_string(),
-            repository: r.repository.clone(),
+            repository: repository.to_string(),
             reason: reason.to_string(),
         };
         let auth = if let Some(bearer) = challenges.iter().find(|c| c.scheme == "bearer") {
             let token = match &creds.registry_token {
                 Some(t) if !t.is_empty() => t.clone(),
-                _ => self.fetch_token(&key, &r.repository, bearer, creds).await?,
+                _ => self.fetch_token(h, &key, repository, bearer).await?,
             };
             Auth::Bearer(token)
         } else if challenges.iter().any(|c| c.scheme == "basic") {
@@ -486,7 +991,7 @@ impl RegistryClient {
         } else if let Some(other) = challenges.first() {
             return Err(RegistryError::UnsupportedAuth {
                 host: host.to_string(),
-                repository: r.repository.clone(),
+                repository: repository.to_string(),
                 challenge: other.scheme.clone(),
             });
         } else {
@@ -499,7 +1004,7 @@ impl RegistryClient {
             return Err(unauthorized(&refusal(&auth, &body)));
         }
 
-        let mut resp = self.send(host, path, accept, Some(&auth), what).await?;
+        let mut resp = self.send(h, path, accept, Some(&auth), what).await?;
         if resp.status() == StatusCode::UNAUTHORIZED {
             lock(&self.inner.tokens).remove(&key);
             let body = read_up_to(&mut resp, ERROR_BODY_MAX_BYTES).await;
@@ -525,15 +1030,23 @@ impl RegistryClient {
             })
     }
 
-    /// Gets a bearer token from the challenge's realm and caches it.
+    /// Gets a bearer token from the challenge's realm (with the host's client and headers) and caches it.
     async fn fetch_token(
         &self,
+        h: &Endpoint,
         key: &TokenKey,
         repository: &str,
         challenge: &Challenge,
-        creds: &Credentials,
     ) -> Result<String, RegistryError> {
         let host = &key.0;
+        let creds = &h.credentials;
+        let http = h
+            .client
+            .as_ref()
+            .map_err(|reason| RegistryError::TlsSetup {
+                host: host.clone(),
+                reason: reason.clone(),
+            })?;
         let token_error = |realm: &str, reason: String| RegistryError::Token {
             realm: realm.to_string(),
             repository: repository.to_string(),
@@ -575,9 +1088,7 @@ impl RegistryClient {
                 form.push(("scope", scope.as_str()));
                 form.push(("refresh_token", refresh_token));
                 form.push(("client_id", OAUTH_CLIENT_ID));
-                self.inner
-                    .http
-                    .post(url)
+                http.post(url)
                     .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
                     .body(form_encode(&form))
             }
@@ -591,13 +1102,14 @@ impl RegistryClient {
                         q.append_pair("scope", s);
                     }
                 }
-                let rb = self.inner.http.get(url);
+                let rb = http.get(url);
                 match creds.basic() {
                     Some((u, p)) => rb.basic_auth(u, Some(p)),
                     None => rb,
                 }
             }
         };
+        let rb = with_headers(rb, &h.host.headers);
         debug!(%host, %realm, oauth = creds.identity_token.is_some(), "fetching registry token");
         let mut resp = rb
             .send()
@@ -663,21 +1175,52 @@ impl RegistryClient {
         Ok(token)
     }
 
-    /// Sends one GET, choosing the scheme: HTTPS, or HTTP for an insecure/loopback host whose
-    /// HTTPS connection fails. The scheme that worked is remembered per host.
+    /// Sends one GET to a host, choosing the scheme: as written in its config, or HTTPS with a
+    /// fall back to HTTP when the TLS connection fails and the host may use plain HTTP (loopback,
+    /// `--insecure-registry`, or `http://` with TLS settings). The scheme that worked is
+    /// remembered per host.
     async fn send(
         &self,
-        host: &str,
+        h: &Endpoint,
         path: &str,
         accept: Option<&str>,
         auth: Option<&Auth>,
         what: &str,
     ) -> Result<Response, RegistryError> {
+        let host = h.host.authority.as_str();
+        let client = h
+            .client
+            .as_ref()
+            .map_err(|reason| RegistryError::TlsSetup {
+                host: host.to_string(),
+                reason: reason.clone(),
+            })?;
+        let headers = &h.host.headers;
+        let may_fall_back = match h.host.scheme {
+            HostScheme::Http => {
+                return self
+                    .send_once(client, Scheme::Http, host, path, accept, auth, headers)
+                    .await
+                    .map_err(|e| transport(host, what, e));
+            }
+            HostScheme::Https => false,
+            HostScheme::Auto => self.allows_http(host),
+            HostScheme::HttpsThenHttp => true,
+        };
+        if !may_fall_back {
+            return self
+                .send_once(client, Scheme::Https, host, path, accept, auth, headers)
+                .await
+                .map_err(|e| transport(host, what, e));
+        }
         let known = lock(&self.inner.schemes).get(host).copied();
         let scheme = known.unwrap_or(Scheme::Https);
-        match self.send_once(scheme, host, path, accept, auth).await {
+        match self
+            .send_once(client, scheme, host, path, accept, auth, headers)
+            .await
+        {
             Ok(resp) => {
-                if known.is_none() && self.allows_http(host) {
+                if known.is_none() {
                     lock(&self.inner.schemes).insert(host.to_string(), scheme);
                 }
                 Ok(resp)
@@ -687,11 +1230,11 @@ impl RegistryClient {
                 lock(&self.inner.schemes).remove(host);
                 Err(transport(host, what, e))
             }
-            Err(e) if e.is_connect() && self.allows_http(host) => {
+            Err(e) if e.is_connect() => {
                 let https_error = error_chain(&e.without_url());
                 debug!(%host, "https failed ({https_error}); falling back to plain http");
                 let resp = self
-                    .send_once(Scheme::Http, host, path, accept, auth)
+                    .send_once(client, Scheme::Http, host, path, accept, auth, headers)
                     .await
                     .map_err(|e| RegistryError::Transport {
                         host: host.to_string(),
@@ -708,16 +1251,19 @@ impl RegistryClient {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn send_once(
         &self,
+        client: &reqwest::Client,
         scheme: Scheme,
         host: &str,
         path: &str,
         accept: Option<&str>,
         auth: Option<&Auth>,
+        headers: &[(String, String)],
     ) -> Result<Response, reqwest::Error> {
         let url = format!("{}://{host}{path}", scheme.as_str());
-        let mut rb = self.inner.http.get(&url);
+        let mut rb = with_headers(client.get(&url), headers);
         if let Some(accept) = accept {
             rb = rb.header(ACCEPT, accept);
         }
@@ -746,6 +1292,23 @@ impl RegistryClient {
                 .iter()
                 .any(|e| *e == host || e == bare || e == unbracketed)
     }
+
+    /// Whether plain HTTP is allowed for `host` without a scheme in its config (loopback or
+    /// `--insecure-registry`).
+    pub fn plain_http_allowed(&self, host: &str) -> bool {
+        self.allows_http(host)
+    }
+}
+
+/// Adds a host's configured headers.
+fn with_headers(
+    mut rb: reqwest::RequestBuilder,
+    headers: &[(String, String)],
+) -> reqwest::RequestBuilder {
+    for (name, value) in headers {
+        rb = rb.header(name.as_str(), value.as_str());
+    }
+    rb
 }
 
 /// `host:port` -> `host`, `[v6]:port` -> `[v6]`; anything else unchanged.
@@ -1413,6 +1976,7 @@ mod tests {
                 "[fd00::1]".into(),
             ],
             user_agent: String::new(),
+            ..Default::default()
         })
         .unwrap();
         for host in [
@@ -1992,5 +2556,288 @@ mod tests {
             "{:?}",
             cdn_reqs[0].headers
         );
+    }
+
+    // ---- mirrors (hosts.toml) ----
+
+    fn hosts_client(dir: &Path, credentials_file: Option<PathBuf>) -> RegistryClient {
+        RegistryClient::new(RegistryOptions {
+            hosts_dir: Some(dir.to_path_buf()),
+            credentials_file,
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    fn write_hosts(dir: &Path, registry: &str, text: &str) {
+        let folder = dir.join(registry);
+        std::fs::create_dir_all(&folder).unwrap();
+        std::fs::write(folder.join("hosts.toml"), text).unwrap();
+    }
+
+    fn ns(addr: &str) -> String {
+        addr.replace(':', "%3A")
+    }
+
+    /// Serves MANIFEST for `tags`, a blob for `/blobs/`, 404 for anything else.
+    fn serving(tags: &'static [&'static str]) -> impl Fn(&Req, &str) -> Resp + Send + Sync {
+        move |req: &Req, _: &str| {
+            let p = req.path_only();
+            if p.contains("/blobs/") {
+                return resp(200, &[], "blob-bytes");
+            }
+            let good = Digest::of(MANIFEST.as_bytes()).to_string();
+            match p.rsplit('/').next() {
+                Some(t) if tags.contains(&t) || t == good => manifest_ok(),
+                _ => resp(
+                    404,
+                    &[("Content-Type", "application/json")],
+                    r#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}"#,
+                ),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn mirror_first_then_server_with_ns() {
+        let mirror = TestServer::start(serving(&["v1"])).await;
+        let server = TestServer::start(serving(&["v1", "only-upstream"])).await;
+        let dir = tempfile::tempdir().unwrap();
+        write_hosts(
+            dir.path(),
+            &server.addr,
+            &format!(
+                "server = \"http://{}\"\n[host.\"http://{}\"]\n  capabilities = [\"pull\", \"resolve\"]\n  [host.\"http://{}\".header]\n    x-mirror-hint = \"keelson\"\n",
+                server.addr, mirror.addr, mirror.addr
+            ),
+        );
+        let c = hosts_client(dir.path(), None);
+        let r = reference(&server, "team/app");
+        let none = Credentials::default();
+
+        c.fetch_manifest(&r, "v1", &none).await.unwrap();
+        let reqs = mirror.requests();
+        assert_eq!(reqs.len(), 1);
+        assert_eq!(
+            reqs[0].path,
+            format!("/v2/team/app/manifests/v1?ns={}", ns(&server.addr))
+        );
+        assert_eq!(reqs[0].header("x-mirror-hint"), Some("keelson"));
+        assert!(server.requests().is_empty(), "the mirror answered");
+
+        // Missing on the mirror: the server is asked, without ns (it is the registry itself).
+        c.fetch_manifest(&r, "only-upstream", &none).await.unwrap();
+        let sreqs = server.requests();
+        assert_eq!(sreqs.len(), 1);
+        assert_eq!(sreqs[0].path, "/v2/team/app/manifests/only-upstream");
+        assert!(sreqs[0].header("x-mirror-hint").is_none());
+
+        // Blobs too go to the mirror first.
+        let d = Digest::of(b"blob-bytes");
+        let blob = c.fetch_blob(&r, &d, &none).await.unwrap();
+        assert_eq!(collect(blob).await, b"blob-bytes");
+        assert_eq!(
+            mirror.requests().last().unwrap().path,
+            format!("/v2/team/app/blobs/{d}?ns={}", ns(&server.addr))
+        );
+
+        // Missing everywhere: both hosts named in one error, and "not found" wins.
+        let err = c.fetch_manifest(&r, "nowhere", &none).await.unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, RegistryError::AllHostsFailed { .. }), "{msg}");
+        assert!(matches!(err.primary(), RegistryError::NotFound { .. }));
+        assert!(
+            msg.contains(&format!("mirror http://{}", mirror.addr))
+                && msg.contains(&format!("server http://{}", server.addr)),
+            "{msg}"
+        );
+    }
+
+    #[tokio::test]
+    async fn pull_only_mirror_is_not_asked_to_resolve_tags() {
+        let mirror = TestServer::start(serving(&["v1"])).await;
+        let server = TestServer::start(serving(&["v1"])).await;
+        let dir = tempfile::tempdir().unwrap();
+        write_hosts(
+            dir.path(),
+            &server.addr,
+            &format!(
+                "server = \"http://{}\"\n[host.\"http://{}\"]\n  capabilities = [\"pull\"]\n",
+                server.addr, mirror.addr
+            ),
+        );
+        let c = hosts_client(dir.path(), None);
+        let r = reference(&server, "x");
+        let none = Credentials::default();
+        let m = c.fetch_manifest(&r, "v1", &none).await.unwrap();
+        assert!(mirror.requests().is_empty(), "tags are resolved upstream");
+        assert_eq!(server.requests().len(), 1);
+        // By digest, the mirror is asked first.
+        c.fetch_manifest(&r, m.digest.as_str(), &none)
+            .await
+            .unwrap();
+        assert_eq!(mirror.requests().len(), 1);
+        assert_eq!(server.requests().len(), 1);
+
+        // A registry whose only host cannot resolve cannot pull by tag at all.
+        write_hosts(
+            dir.path(),
+            &server.addr,
+            &format!(
+                "server = \"http://{}\"\ncapabilities = [\"pull\"]\n",
+                server.addr
+            ),
+        );
+        let err = c.fetch_manifest(&r, "v1", &none).await.unwrap_err();
+        assert!(matches!(err, RegistryError::NoHosts { .. }), "{err}");
+        assert!(err.to_string().contains("hosts.toml"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn unreachable_or_failing_mirrors_are_skipped() {
+        let server = TestServer::start(serving(&["v1"])).await;
+        let broken = TestServer::start(|_, _| resp(503, &[], "overloaded")).await;
+        // A port nobody listens on.
+        let down = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .to_string();
+        let dir = tempfile::tempdir().unwrap();
+        write_hosts(
+            dir.path(),
+            &server.addr,
+            &format!(
+                "server = \"http://{s}\"\n[host.\"http://{down}\"]\n[host.\"http://{b}\"]\n[host.\"https://127.0.0.1:1\"]\n  ca = \"missing-ca.pem\"\n",
+                s = server.addr,
+                b = broken.addr
+            ),
+        );
+        let c = hosts_client(dir.path(), None);
+        let r = reference(&server, "x");
+        let e = c.endpoints(&r, &Credentials::default()).unwrap();
+        assert_eq!(e.hosts.len(), 4);
+        assert!(e.hosts[2].setup_error().unwrap().contains("missing-ca.pem"));
+        c.fetch_manifest(&r, "v1", &Credentials::default())
+            .await
+            .unwrap();
+        assert_eq!(broken.requests().len(), 1);
+        assert_eq!(server.requests().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn mirrors_get_file_credentials_never_the_requests() {
+        let mirror = TestServer::start(|req: &Req, _: &str| {
+            if req.header("authorization") != Some(basic("m", "mirror-pw").as_str()) {
+                return resp(401, &[("WWW-Authenticate", "Basic realm=m")], "");
+            }
+            serving(&["v1"])(req, "")
+        })
+        .await;
+        let server = TestServer::start(|req: &Req, _: &str| {
+            if req.header("authorization") != Some(basic("s", "server-pw").as_str()) {
+                return resp(401, &[("WWW-Authenticate", "Basic realm=s")], "");
+            }
+            serving(&["upstream"])(req, "")
+        })
+        .await;
+        let dir = tempfile::tempdir().unwrap();
+        write_hosts(
+            dir.path(),
+            &server.addr,
+            &format!(
+                "server = \"http://{}\"\n[host.\"http://{}\"]\n",
+                server.addr, mirror.addr
+            ),
+        );
+        let creds_file = dir.path().join("config.json");
+        std::fs::write(
+            &creds_file,
+            format!(
+                r#"{{"auths":{{"{}":{{"auth":"{}"}},"{}":{{"username":"s","password":"server-pw"}}}}}}"#,
+                mirror.addr,
+                base64::engine::general_purpose::STANDARD.encode("m:mirror-pw"),
+                server.addr
+            ),
+        )
+        .unwrap();
+        let c = hosts_client(dir.path(), Some(creds_file.clone()));
+        let r = reference(&server, "x");
+
+        // The request's credentials go to the server; the mirror uses its file entry.
+        let request_creds = user_pass("s", "server-pw");
+        let e = c.endpoints(&r, &request_creds).unwrap();
+        assert!(matches!(
+            &e.hosts[0].credentials_source,
+            CredentialsSource::File { key, .. } if *key == mirror.addr
+        ));
+        assert_eq!(e.hosts[1].credentials_source, CredentialsSource::Request);
+        assert!(!format!("{e:?}").contains("server-pw"));
+        c.fetch_manifest(&r, "v1", &request_creds).await.unwrap();
+        c.fetch_manifest(&r, "upstream", &request_creds)
+            .await
+            .unwrap();
+        let leaked = basic("s", "server-pw");
+        assert!(
+            mirror
+                .requests()
+                .iter()
+                .all(|q| q.header("authorization") != Some(leaked.as_str())),
+            "the mirror never sees the request's credentials"
+        );
+
+        // Without request credentials, the file's entry for the server is used.
+        let e = c.endpoints(&r, &Credentials::default()).unwrap();
+        assert!(matches!(
+            &e.hosts[1].credentials_source,
+            CredentialsSource::File { key, .. } if *key == server.addr
+        ));
+        c.fetch_manifest(&r, "upstream", &Credentials::default())
+            .await
+            .unwrap();
+
+        // A broken file is a warning, never a leak, and the pull goes on anonymously.
+        std::fs::write(
+            &creds_file,
+            "{\"auths\": {\"x\": {\"auth\": \"hunter2!!\"}}}",
+        )
+        .unwrap();
+        let e = c.endpoints(&r, &Credentials::default()).unwrap();
+        assert_eq!(e.hosts[1].credentials_source, CredentialsSource::None);
+        assert!(e.warnings[0].contains("config.json"), "{:?}", e.warnings);
+        assert!(!e.warnings[0].contains("hunter2"));
+    }
+
+    #[tokio::test]
+    async fn broken_hosts_toml_fails_only_its_registry() {
+        let server = TestServer::start(serving(&["v1"])).await;
+        let other = TestServer::start(serving(&["v1"])).await;
+        let dir = tempfile::tempdir().unwrap();
+        write_hosts(
+            dir.path(),
+            &server.addr,
+            "server = \"http://x\"\n\n[host.\"http://m\"\ncapabilities = [\"pull\"]\n",
+        );
+        let c = hosts_client(dir.path(), None);
+        let err = c
+            .fetch_manifest(&reference(&server, "x"), "v1", &Credentials::default())
+            .await
+            .unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, RegistryError::Hosts(_)), "{msg}");
+        assert!(msg.contains("hosts.toml line 3"), "{msg}");
+        assert!(server.requests().is_empty());
+        c.fetch_manifest(&reference(&other, "x"), "v1", &Credentials::default())
+            .await
+            .unwrap();
+        // Fixed: the next pull reads the file again.
+        write_hosts(
+            dir.path(),
+            &server.addr,
+            &format!("server = \"http://{}\"\n", server.addr),
+        );
+        c.fetch_manifest(&reference(&server, "x"), "v1", &Credentials::default())
+            .await
+            .unwrap();
     }
 }

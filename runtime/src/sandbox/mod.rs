@@ -1,4 +1,6 @@
-//! Pod sandboxes: network namespaces and CNI (the rest of the sandbox lifecycle builds on these).
+//! Pod sandboxes: records and lifecycle, pinned namespaces, the pod's /dev/shm, and CNI networking.
 
 pub mod cni;
+pub mod manager;
 pub mod netns;
+pub mod store;

@@ -1,61 +1,95 @@
-//! Pod network namespaces pinned by a bind mount (no process needed to keep them alive).
+//! Pod namespaces (network, IPC, UTS) pinned by a bind mount: no process keeps them alive.
 //!
-//! A namespace is made on a short-lived thread that `unshare`s its own network namespace and
-//! bind-mounts `/proc/thread-self/ns/net` onto the pin file; the thread then exits and the
-//! namespace lives as long as the mount. Removal is a lazy unmount plus unlink, both idempotent.
+//! A namespace is made on a short-lived thread that `unshare`s its own namespace (and, for UTS,
+//! sets the pod's hostname) and bind-mounts `/proc/thread-self/ns/<kind>` onto the pin file; the
+//! thread then exits and the namespace lives as long as the mount. Removal is a lazy unmount plus
+//! unlink, both idempotent.
 
 use nix::mount::{MntFlags, MsFlags};
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-/// What went wrong with a network namespace pin.
+/// What went wrong with a namespace pin.
 #[derive(Debug, thiserror::Error)]
 pub enum NetnsError {
-    #[error("cannot create network namespace at {path}: {step}: {source}")]
+    #[error("cannot create {kind} namespace at {path}: {step}: {source}")]
     Create {
+        kind: &'static str,
         path: PathBuf,
         step: &'static str,
         source: io::Error,
     },
-    #[error("cannot remove network namespace at {path}: {source}")]
+    #[error("cannot remove namespace pin {path}: {source}")]
     Remove { path: PathBuf, source: io::Error },
+}
+
+/// The namespaces a pod shares between its containers and pins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NsKind {
+    Net,
+    Ipc,
+    /// With the pod's hostname set inside.
+    Uts,
+}
+
+impl NsKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            NsKind::Net => "net",
+            NsKind::Ipc => "ipc",
+            NsKind::Uts => "uts",
+        }
+    }
+
+    fn flag(self) -> nix::sched::CloneFlags {
+        match self {
+            NsKind::Net => nix::sched::CloneFlags::CLONE_NEWNET,
+            NsKind::Ipc => nix::sched::CloneFlags::CLONE_NEWIPC,
+            NsKind::Uts => nix::sched::CloneFlags::CLONE_NEWUTS,
+        }
+    }
 }
 
 /// The side effects on namespaces that sandbox logic needs; faked in unit tests.
 pub trait NetnsOps: Send + Sync {
-    fn create(&self, path: &Path) -> Result<(), NetnsError>;
+    /// Makes a new namespace of `kind` pinned at `path`; `hostname` applies to UTS.
+    fn create(&self, kind: NsKind, path: &Path, hostname: Option<&str>) -> Result<(), NetnsError>;
     fn remove(&self, path: &Path) -> Result<(), NetnsError>;
 }
 
 /// The real thing: unshare + bind mount.
 pub struct KernelNetns;
 
-fn create_err<'a>(path: &'a Path, step: &'static str) -> impl FnOnce(io::Error) -> NetnsError + 'a {
-    move |source| NetnsError::Create {
-        path: path.to_path_buf(),
-        step,
-        source,
-    }
-}
-
 impl NetnsOps for KernelNetns {
-    fn create(&self, path: &Path) -> Result<(), NetnsError> {
+    fn create(&self, kind: NsKind, path: &Path, hostname: Option<&str>) -> Result<(), NetnsError> {
+        let err = |step: &'static str| {
+            move |source: io::Error| NetnsError::Create {
+                kind: kind.name(),
+                path: path.to_path_buf(),
+                step,
+                source,
+            }
+        };
         if let Some(dir) = path.parent() {
-            fs::create_dir_all(dir).map_err(create_err(path, "creating the pin directory"))?;
+            fs::create_dir_all(dir).map_err(err("creating the pin directory"))?;
         }
         fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(path)
-            .map_err(create_err(path, "creating the pin file"))?;
+            .map_err(err("creating the pin file"))?;
         let target = path.to_path_buf();
-        // A dedicated thread: unshare(CLONE_NEWNET) changes only the calling thread, which then exits.
+        let hostname = hostname.map(str::to_string);
+        // A dedicated thread: unshare of net/ipc/uts changes only the calling thread, which then exits.
         let result = std::thread::spawn(move || -> Result<(), (&'static str, io::Error)> {
-            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
-                .map_err(|e| ("unshare", e.into()))?;
+            nix::sched::unshare(kind.flag()).map_err(|e| ("unshare", e.into()))?;
+            if let (NsKind::Uts, Some(name)) = (kind, &hostname) {
+                nix::unistd::sethostname(name).map_err(|e| ("sethostname", e.into()))?;
+            }
+            let source = format!("/proc/thread-self/ns/{}", kind.name());
             nix::mount::mount(
-                Some("/proc/thread-self/ns/net"),
+                Some(source.as_str()),
                 &target,
                 None::<&str>,
                 MsFlags::MS_BIND,
@@ -67,11 +101,7 @@ impl NetnsOps for KernelNetns {
         .unwrap_or_else(|_| Err(("namespace thread", io::Error::other("panicked"))));
         if let Err((step, source)) = result {
             let _ = fs::remove_file(path);
-            return Err(NetnsError::Create {
-                path: path.to_path_buf(),
-                step,
-                source,
-            });
+            return Err(err(step)(source));
         }
         Ok(())
     }
@@ -126,18 +156,40 @@ mod tests {
         }
         let dir = tempfile::tempdir().unwrap();
         let pin = dir.path().join("ns1");
-        KernelNetns.create(&pin).unwrap();
+        KernelNetns.create(NsKind::Net, &pin, None).unwrap();
         assert!(is_pinned(&pin));
         // A fresh namespace has only a (down) loopback interface.
         let links = in_netns(&pin, &["ip", "-o", "link"]);
         assert_eq!(links.lines().count(), 1, "{links}");
         assert!(
-            KernelNetns.create(&pin).is_err(),
+            KernelNetns.create(NsKind::Net, &pin, None).is_err(),
             "a pin is never silently replaced"
         );
         KernelNetns.remove(&pin).unwrap();
         assert!(!pin.exists());
         KernelNetns.remove(&pin).unwrap();
+
+        let uts = dir.path().join("uts1");
+        KernelNetns
+            .create(NsKind::Uts, &uts, Some("pod-host-1"))
+            .unwrap();
+        let out = Command::new("nsenter")
+            .arg(format!("--uts={}", uts.display()))
+            .arg("hostname")
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "pod-host-1");
+        let host = nix::unistd::gethostname().unwrap();
+        assert_ne!(
+            host.to_string_lossy(),
+            "pod-host-1",
+            "the host keeps its name"
+        );
+        KernelNetns.remove(&uts).unwrap();
+        let ipc = dir.path().join("ipc1");
+        KernelNetns.create(NsKind::Ipc, &ipc, None).unwrap();
+        assert!(is_pinned(&ipc));
+        KernelNetns.remove(&ipc).unwrap();
     }
 
     /// The real Debian CNI plugins into a pinned namespace: address assigned, then released on DEL.
@@ -164,7 +216,7 @@ mod tests {
         );
         let net = NetworkList::parse(Path::new("test.conflist"), &conf).unwrap();
         let pin = dir.path().join("ns-cni");
-        KernelNetns.create(&pin).unwrap();
+        KernelNetns.create(NsKind::Net, &pin, None).unwrap();
         let cni = Cni {
             bin_dirs: bins,
             exec: ProcessExec,

@@ -1,0 +1,191 @@
+//! Launching and talking to `keelson-shim`, behind a trait so container logic is testable without root.
+
+use keelson_shim::protocol::{self, ExecResult, ProtocolError, Request, Response, ShimClient};
+use std::io::{BufRead, BufReader};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+/// What went wrong with a shim.
+#[derive(Debug, thiserror::Error)]
+pub enum ShimError {
+    #[error("cannot start keelson-shim for container {id}: {message}")]
+    Launch { id: String, message: String },
+    #[error("container {id}: {message}")]
+    Create { id: String, message: String },
+    #[error("shim of container {id}: {source}")]
+    Protocol { id: String, source: ProtocolError },
+    #[error("exec in container {id}: {message}")]
+    Exec { id: String, message: String },
+}
+
+/// Everything the shim needs to create one container.
+#[derive(Debug, Clone)]
+pub struct ShimLaunch {
+    pub id: String,
+    pub bundle: PathBuf,
+    pub state_dir: PathBuf,
+    pub log_path: PathBuf,
+    pub libcontainer_root: PathBuf,
+}
+
+/// The shim side effects container logic needs.
+pub trait ShimOps: Send + Sync {
+    /// Starts a shim and returns once it has created the container (or failed to).
+    fn launch(&self, l: &ShimLaunch) -> Result<(), ShimError>;
+    /// One request to the shim serving `state_dir`.
+    fn call(
+        &self,
+        id: &str,
+        state_dir: &Path,
+        req: &Request,
+        timeout: Duration,
+    ) -> Result<Response, ShimError>;
+    /// Runs `cmd` in the container, killed at `timeout`.
+    fn exec(
+        &self,
+        id: &str,
+        libcontainer_root: &Path,
+        cmd: &[String],
+        timeout: Option<Duration>,
+    ) -> Result<ExecResult, ShimError>;
+}
+
+/// Runs the real `keelson-shim` binary.
+pub struct ProcessShim {
+    pub binary: PathBuf,
+}
+
+impl ProcessShim {
+    /// `keelson-shim` next to the running executable, else on PATH.
+    pub fn locate() -> PathBuf {
+        std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent().map(|d| d.join("keelson-shim")))
+            .filter(|p| p.is_file())
+            .unwrap_or_else(|| PathBuf::from("keelson-shim"))
+    }
+}
+
+impl ShimOps for ProcessShim {
+    fn launch(&self, l: &ShimLaunch) -> Result<(), ShimError> {
+        let launch_err = |message: String| ShimError::Launch {
+            id: l.id.clone(),
+            message,
+        };
+        std::fs::create_dir_all(&l.state_dir)
+            .map_err(|e| launch_err(format!("creating {}: {e}", l.state_dir.display())))?;
+        let (read_end, write_end): (OwnedFd, OwnedFd) =
+            nix::unistd::pipe().map_err(|e| launch_err(format!("creating the ready pipe: {e}")))?;
+        let stderr = std::fs::File::create(l.state_dir.join("shim.log"))
+            .map_err(|e| launch_err(format!("creating shim.log: {e}")))?;
+        let fd = write_end.as_raw_fd();
+        let mut cmd = Command::new(&self.binary);
+        cmd.arg("run")
+            .arg("--id")
+            .arg(&l.id)
+            .arg("--bundle")
+            .arg(&l.bundle)
+            .arg("--state-dir")
+            .arg(&l.state_dir)
+            .arg("--log-path")
+            .arg(&l.log_path)
+            .arg("--libcontainer-root")
+            .arg(&l.libcontainer_root)
+            .arg("--ready-fd")
+            .arg(fd.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr);
+        // SAFETY: between fork and exec the closure only calls fcntl(2) on an fd number it owns,
+        // which is async-signal-safe; it allocates nothing and touches no shared state.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+                let flags = libc::fcntl(fd, libc::F_GETFD);
+                if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| launch_err(format!("{}: {e}", self.binary.display())))?;
+        drop(write_end);
+        let mut line = String::new();
+        let read = BufReader::new(std::fs::File::from(read_end)).read_line(&mut line);
+        // The shim double-forks: this child exits at once, the monitor lives on.
+        let _ = child.wait();
+        match read {
+            Ok(0) => {
+                let log = std::fs::read_to_string(l.state_dir.join("shim.log")).unwrap_or_default();
+                Err(launch_err(format!(
+                    "the shim exited before the container was created: {}",
+                    log.trim()
+                )))
+            }
+            Ok(_) => {
+                protocol::parse_ready_line(line.trim_end()).map_err(|message| ShimError::Create {
+                    id: l.id.clone(),
+                    message,
+                })
+            }
+            Err(e) => Err(launch_err(format!("reading the ready pipe: {e}"))),
+        }
+    }
+
+    fn call(
+        &self,
+        id: &str,
+        state_dir: &Path,
+        req: &Request,
+        timeout: Duration,
+    ) -> Result<Response, ShimError> {
+        let proto = |source| ShimError::Protocol {
+            id: id.into(),
+            source,
+        };
+        let mut client = ShimClient::connect_with_timeout(
+            protocol::state_file(state_dir, protocol::SOCKET_FILE),
+            Some(timeout),
+        )
+        .map_err(proto)?;
+        client.call(req).map_err(proto)
+    }
+
+    fn exec(
+        &self,
+        id: &str,
+        libcontainer_root: &Path,
+        cmd: &[String],
+        timeout: Option<Duration>,
+    ) -> Result<ExecResult, ShimError> {
+        let exec_err = |message: String| ShimError::Exec {
+            id: id.into(),
+            message,
+        };
+        let mut c = Command::new(&self.binary);
+        c.arg("exec")
+            .arg("--id")
+            .arg(id)
+            .arg("--libcontainer-root")
+            .arg(libcontainer_root);
+        if let Some(t) = timeout {
+            c.arg("--timeout-secs").arg(t.as_secs().max(1).to_string());
+        }
+        let out = c
+            .arg("--")
+            .args(cmd)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| exec_err(format!("{}: {e}", self.binary.display())))?;
+        if !out.status.success() {
+            return Err(exec_err(
+                String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            ));
+        }
+        serde_json::from_slice(&out.stdout)
+            .map_err(|e| exec_err(format!("unreadable exec result: {e}")))
+    }
+}

@@ -1,0 +1,282 @@
+//! `keelson-shim exec`: run one command in a running container (libcontainer tenant), capture
+//! its output with a cap, kill it at the deadline, print the result as JSON.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use keelson_shim::protocol::ExecResult;
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::syscall::syscall::SyscallType;
+use nix::errno::Errno;
+use nix::fcntl::{FcntlArg, OFlag, fcntl};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::{Signal, kill};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::{Pid, pipe2};
+use tracing::{info, warn};
+
+use crate::cli::ExecArgs;
+use crate::container::{self, ContainerError};
+use crate::signals;
+
+/// Most output kept per stream; the rest is read and discarded.
+pub const OUTPUT_CAP: usize = 16 * 1024 * 1024;
+/// After the process exited, how long its output pipes may stay open (background children).
+const DRAIN_GRACE: Duration = Duration::from_millis(250);
+
+pub fn exec(args: ExecArgs) -> Result<()> {
+    let result = run_exec(&args).map_err(|e| {
+        if format!("{e:#}").contains(&args.id) {
+            e
+        } else {
+            e.context(format!("failed to exec in container {}", args.id))
+        }
+    })?;
+    let mut json = serde_json::to_vec(&result).context("failed to encode the exec result")?;
+    json.push(b'\n');
+    io::stdout()
+        .lock()
+        .write_all(&json)
+        .context("failed to write the exec result")?;
+    Ok(())
+}
+
+/// The container's process settings that an exec inherits.
+struct Inherited {
+    uid: u32,
+    gid: u32,
+    additional_gids: Vec<u32>,
+    cwd: PathBuf,
+    apparmor: Option<String>,
+}
+
+fn inherited(args: &ExecArgs, root: &std::path::Path) -> Result<Inherited> {
+    let container = container::load(root, &args.id)?;
+    let config = container.bundle().join("config.json");
+    let spec = oci_spec::runtime::Spec::load(&config)
+        .map_err(|e| anyhow!("failed to load {}: {e}", config.display()))?;
+    let process = spec
+        .process()
+        .as_ref()
+        .ok_or_else(|| anyhow!("{} has no process", config.display()))?;
+    let user = process.user();
+    Ok(Inherited {
+        uid: user.uid(),
+        gid: user.gid(),
+        additional_gids: user.additional_gids().clone().unwrap_or_default(),
+        cwd: args.cwd.clone().unwrap_or_else(|| process.cwd().clone()),
+        apparmor: process.apparmor_profile().clone(),
+    })
+}
+
+/// Output of one stream, capped.
+struct Capture {
+    pipe: Option<File>,
+    data: Vec<u8>,
+    truncated: bool,
+}
+
+impl Capture {
+    fn new(fd: OwnedFd) -> Self {
+        Capture {
+            pipe: Some(File::from(fd)),
+            data: Vec::new(),
+            truncated: false,
+        }
+    }
+
+    fn read(&mut self, buf: &mut [u8]) {
+        let Some(pipe) = self.pipe.as_mut() else {
+            return;
+        };
+        match pipe.read(buf) {
+            Ok(0) => self.pipe = None,
+            Ok(n) => {
+                let room = OUTPUT_CAP - self.data.len();
+                if n > room {
+                    self.truncated = true;
+                }
+                self.data.extend_from_slice(&buf[..n.min(room)]);
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) => {}
+            Err(e) => {
+                warn!(error = %e, "reading exec output failed");
+                self.pipe = None;
+            }
+        }
+    }
+}
+
+fn exit_code(status: WaitStatus) -> Option<i32> {
+    match status {
+        WaitStatus::Exited(_, code) => Some(code),
+        WaitStatus::Signaled(_, signal, _) => Some(128 + signal as i32),
+        _ => None,
+    }
+}
+
+/// Reap the exec'd process if it exited; start the drain grace period then.
+fn check_child(pid: Pid, status: &mut Option<i32>, drain_until: &mut Option<Instant>) {
+    if status.is_some() {
+        return;
+    }
+    match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+        Ok(s) => {
+            if let Some(code) = exit_code(s) {
+                *status = Some(code);
+                *drain_until = Some(Instant::now() + DRAIN_GRACE);
+            }
+        }
+        Err(Errno::ECHILD) => {
+            warn!(
+                pid = pid.as_raw(),
+                "exec process is not a child of the shim"
+            );
+            *status = Some(255);
+            *drain_until = Some(Instant::now());
+        }
+        Err(_) => {}
+    }
+}
+
+fn run_exec(args: &ExecArgs) -> Result<ExecResult> {
+    if args.tty {
+        bail!("tty not supported yet");
+    }
+    let root = std::path::absolute(&args.libcontainer_root).with_context(|| {
+        format!(
+            "invalid libcontainer root {}",
+            args.libcontainer_root.display()
+        )
+    })?;
+    let inherited = inherited(args, &root)?;
+
+    signals::prepare_for_container()?;
+    let (stdout_r, stdout_w) = pipe2(OFlag::O_CLOEXEC).context("failed to create stdout pipe")?;
+    let (stderr_r, stderr_w) = pipe2(OFlag::O_CLOEXEC).context("failed to create stderr pipe")?;
+    for fd in [&stdout_r, &stderr_r] {
+        fcntl(fd, FcntlArg::F_SETFL(OFlag::O_NONBLOCK))
+            .context("failed to make a pipe non-blocking")?;
+    }
+    let stdin = File::open("/dev/null").context("failed to open /dev/null")?;
+    let env: HashMap<String, String> = args.env.iter().cloned().collect();
+
+    let err =
+        |e: libcontainer::error::LibcontainerError| ContainerError::new("exec in", &args.id, &e);
+    let pid = ContainerBuilder::new(args.id.clone(), SyscallType::default())
+        .with_root_path(&root)
+        .map_err(err)?
+        .with_stdin(stdin)
+        .with_stdout(stdout_w)
+        .with_stderr(stderr_w)
+        .validate_id()
+        .map_err(err)?
+        .as_tenant()
+        .with_container_args(args.command.clone())
+        .with_env(env)
+        .with_cwd(Some(inherited.cwd))
+        .with_user(Some(inherited.uid))
+        .with_group(Some(inherited.gid))
+        .with_additional_gids(inherited.additional_gids)
+        .with_apparmor(inherited.apparmor)
+        .with_detach(false)
+        .build()
+        .map_err(err)?;
+    let pid = Pid::from_raw(pid.as_raw());
+    info!(id = %args.id, pid = pid.as_raw(), "exec started");
+
+    let signal_fd = signals::block_into_signalfd(&[
+        Signal::SIGCHLD,
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+    ])?;
+    let deadline = args.timeout.map(|t| Instant::now() + t);
+    let mut outputs = [Capture::new(stdout_r), Capture::new(stderr_r)];
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut status: Option<i32> = None;
+    let mut timed_out = false;
+    let mut killed = false;
+    let mut drain_until: Option<Instant> = None;
+    // SIGCHLD may have been discarded before it was blocked.
+    check_child(pid, &mut status, &mut drain_until);
+
+    loop {
+        let now = Instant::now();
+        let open = outputs.iter().any(|o| o.pipe.is_some());
+        if status.is_some() && (!open || drain_until.is_some_and(|d| now >= d)) {
+            break;
+        }
+        if status.is_none() && !killed && deadline.is_some_and(|d| now >= d) {
+            info!(id = %args.id, pid = pid.as_raw(), "exec deadline passed; killing the process");
+            let _ = kill(pid, Signal::SIGKILL);
+            timed_out = true;
+            killed = true;
+        }
+        let wake = match status {
+            Some(_) => drain_until,
+            None if killed => None,
+            None => deadline,
+        };
+        let timeout = match wake {
+            Some(w) => {
+                let ms = w
+                    .saturating_duration_since(now)
+                    .as_millis()
+                    .saturating_add(1);
+                PollTimeout::from(ms.min(60_000) as u16)
+            }
+            None => PollTimeout::NONE,
+        };
+        let revents: Vec<bool> = {
+            let mut fds = vec![PollFd::new(signal_fd.as_fd(), PollFlags::POLLIN)];
+            for o in &outputs {
+                if let Some(p) = &o.pipe {
+                    fds.push(PollFd::new(p.as_fd(), PollFlags::POLLIN));
+                }
+            }
+            match poll(&mut fds, timeout) {
+                Ok(_) | Err(Errno::EINTR) => {}
+                Err(e) => return Err(anyhow!("poll failed: {e}")),
+            }
+            fds.iter()
+                .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+                .collect()
+        };
+        let mut next = revents.into_iter();
+        if next.next().unwrap_or(false) {
+            for signal in signals::drain(&signal_fd) {
+                if signal == Signal::SIGCHLD {
+                    check_child(pid, &mut status, &mut drain_until);
+                } else if status.is_none() && !killed {
+                    info!(id = %args.id, %signal, "exec cancelled; killing the process");
+                    let _ = kill(pid, Signal::SIGKILL);
+                    killed = true;
+                }
+            }
+        }
+        for o in &mut outputs {
+            if o.pipe.is_some() && next.next().unwrap_or(false) {
+                o.read(&mut buf);
+            }
+        }
+    }
+    let [out, err] = outputs;
+    Ok(ExecResult::from_output(
+        status.unwrap_or(255),
+        &out.data,
+        &err.data,
+        timed_out,
+        out.truncated,
+        err.truncated,
+    ))
+}

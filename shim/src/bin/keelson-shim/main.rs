@@ -1,0 +1,64 @@
+//! `keelson-shim`: the per-container monitor started by keelson-runtime (`run`), and one-shot
+//! `exec` in a running container. Single-threaded, no async runtime: libcontainer is only safe
+//! to call from a single-threaded process.
+
+mod cli;
+mod commands;
+mod container;
+mod crilog;
+mod detach;
+mod logging;
+mod monitor;
+mod oom;
+mod signals;
+
+use std::process::ExitCode;
+
+use cli::Command;
+
+fn main() -> ExitCode {
+    let args: Result<Vec<String>, _> = std::env::args_os()
+        .skip(1)
+        .map(|a| a.into_string())
+        .collect();
+    let Ok(args) = args else {
+        eprintln!("keelson-shim: arguments must be valid UTF-8");
+        return ExitCode::from(2);
+    };
+    let cli = match cli::parse(&args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            eprintln!("keelson-shim: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = match cli.command {
+        Command::Help => {
+            print!("{}", cli::USAGE);
+            return ExitCode::SUCCESS;
+        }
+        Command::Version => {
+            println!("keelson-shim {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Command::Run(args) => {
+            detach::close_inherited_fds(args.ready_fd);
+            logging::init(cli.log_format, "info");
+            commands::run::run(args)
+        }
+        Command::Exec(args) => {
+            detach::close_inherited_fds(None);
+            // exec's stderr goes back to the runtime: keep it to errors and the final reason.
+            logging::init(cli.log_format, "error");
+            commands::exec::exec(args)
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // The last stderr line is always this one-line reason.
+            eprintln!("keelson-shim: {}", format!("{e:#}").replace('\n', " "));
+            ExitCode::FAILURE
+        }
+    }
+}
