@@ -25,9 +25,13 @@ LOG_DIR := /var/log/keelson
 RUNTIME_PID := $(RUN_DIR)/keelson-runtime.pid
 RUNTIME_SOCKET := $(RUN_DIR)/cri.sock
 RUNTIME_LOG := $(LOG_DIR)/keelson-runtime.log
+# Default pod network, written by `make up` only when /etc/cni/net.d has no config.
+CNI_CONF_DIR := /etc/cni/net.d
+CNI_CONF := $(CNI_CONF_DIR)/10-keelson.conflist
+POD_CIDR := 10.88.0.0/16
 
 # What building and running a node needs from the distribution (tests need more: see .ci/run).
-NODE_PACKAGES := protobuf-compiler libseccomp-dev pkg-config gcc libc6-dev containernetworking-plugins iproute2
+NODE_PACKAGES := protobuf-compiler libseccomp-dev pkg-config gcc libc6-dev containernetworking-plugins iproute2 iptables
 
 .PHONY: all build release test bench install up down deps
 
@@ -91,7 +95,16 @@ endef
 
 up: deps release
 	@[ "$$(id -u)" = 0 ] || { echo "make up needs root" >&2; exit 1; }
-	@mkdir -p $(RUN_DIR) $(LOG_DIR)
+	@mkdir -p $(RUN_DIR) $(LOG_DIR) $(CNI_CONF_DIR)
+	@if ! ls $(CNI_CONF_DIR)/*.conflist $(CNI_CONF_DIR)/*.conf >/dev/null 2>&1; then \
+		printf '%s\n' '{"cniVersion":"1.0.0","name":"keelson","plugins":[' \
+		  '{"type":"bridge","bridge":"keelson0","isGateway":true,"ipMasq":false,"hairpinMode":true,' \
+		  '"ipam":{"type":"host-local","ranges":[[{"subnet":"$(POD_CIDR)"}]],"routes":[{"dst":"0.0.0.0/0"}]}},' \
+		  '{"type":"portmap","capabilities":{"portMappings":true}}]}' > $(CNI_CONF); \
+		echo "wrote default pod network $(CNI_CONF) ($(POD_CIDR))"; \
+	fi
+	@# Packets to pod addresses that no pod has die here instead of following the default route.
+	@ip route show table main | grep -q "^unreachable $(POD_CIDR)" || ip route add unreachable $(POD_CIDR) metric 4000
 	@$(runtime_pid); \
 	if [ -n "$$pid" ]; then \
 		echo "keelson-runtime already running (pid $$pid)"; \
@@ -116,13 +129,14 @@ up: deps release
 		echo "keelson-runtime running (pid $$pid), socket $(RUNTIME_SOCKET), log $(RUNTIME_LOG)"; \
 	fi
 	@echo "keelson-server and keelson-agent are not built yet: no cluster to start, no KUBECONFIG to print."
-	@echo "the CRI socket works with crictl: crictl --runtime-endpoint unix://$(RUNTIME_SOCKET) images"
+	@echo "the CRI socket works with crictl: export CONTAINER_RUNTIME_ENDPOINT=unix://$(RUNTIME_SOCKET) IMAGE_SERVICE_ENDPOINT=unix://$(RUNTIME_SOCKET)"
 
 down:
 	@$(runtime_pid); \
 	if [ -z "$$pid" ]; then \
 		echo "keelson-runtime is not running"; \
 	else \
+		$(RELEASE_DIR)/keelson-runtime --socket $(RUNTIME_SOCKET) pods stop-all || echo "could not stop pods" >&2; \
 		kill -TERM $$pid; \
 		for i in $$(seq 100); do kill -0 $$pid 2>/dev/null || break; sleep 0.1; done; \
 		if kill -0 $$pid 2>/dev/null; then \
@@ -132,3 +146,4 @@ down:
 	fi; \
 	rm -f $(RUNTIME_PID)
 	@echo "keelson-agent and keelson-server are not built yet: nothing else to stop (data stays)."
+	@ip route del unreachable $(POD_CIDR) metric 4000 2>/dev/null || true

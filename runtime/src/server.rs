@@ -169,7 +169,7 @@ pub async fn serve(config: RuntimeConfig) -> Result<(), ServeError> {
             sandboxes.clone(),
             Arc::new(KernelOverlay),
             Arc::new(ProcessShim {
-                binary: ProcessShim::locate(),
+                binary: ProcessShim::locate().unwrap_or_else(|| "keelson-shim".into()),
             }),
             config.cgroup_driver,
         )

@@ -52,18 +52,7 @@ async fn import_via_daemon(
     config: &RuntimeConfig,
     file: &std::path::Path,
 ) -> anyhow::Result<Vec<(String, Vec<String>)>> {
-    let socket = config.socket.clone();
-    let channel = tonic::transport::Endpoint::try_from("http://[::]:0")?
-        .connect_with_connector(tower::service_fn(move |_| {
-            let socket = socket.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                    tokio::net::UnixStream::connect(socket).await?,
-                ))
-            }
-        }))
-        .await
-        .with_context(|| format!("connecting to {}", config.socket.display()))?;
+    let channel = super::connect(&config.socket).await?;
     let resp = RuntimeAdminClient::new(channel)
         .import_images(ImportImagesRequest {
             path: file.display().to_string(),

@@ -2,8 +2,10 @@
 
 mod daemon;
 mod images;
+mod pods;
 mod registries;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use keelson_runtime::config::{self, FileConfig, FlagOverrides, RuntimeConfig};
 use std::path::PathBuf;
@@ -72,6 +74,11 @@ pub enum Command {
         command: images::ImagesCommand,
     },
     /// Show how registries are reached (mirrors, TLS settings, credentials)
+    /// Pod sandboxes on this runtime
+    Pods {
+        #[command(subcommand)]
+        command: pods::PodsCommand,
+    },
     Registries {
         #[command(subcommand)]
         command: registries::RegistriesCommand,
@@ -114,6 +121,22 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+/// A gRPC channel over the runtime's unix socket.
+pub async fn connect(socket: &std::path::Path) -> anyhow::Result<tonic::transport::Channel> {
+    let path = socket.to_path_buf();
+    tonic::transport::Endpoint::try_from("http://[::]:0")?
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(path).await?,
+                ))
+            }
+        }))
+        .await
+        .with_context(|| format!("connecting to {}", socket.display()))
+}
+
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     init_logging(cli.global.log_format);
     let config = cli.global.runtime_config()?;
@@ -121,5 +144,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         None => daemon::run(config),
         Some(Command::Images { command }) => images::run(command, config),
         Some(Command::Registries { command }) => registries::run(command, config),
+        Some(Command::Pods { command }) => pods::run(command, config),
     }
 }

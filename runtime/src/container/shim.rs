@@ -58,13 +58,19 @@ pub struct ProcessShim {
 }
 
 impl ProcessShim {
-    /// `keelson-shim` next to the running executable, else on PATH.
-    pub fn locate() -> PathBuf {
-        std::env::current_exe()
+    /// `keelson-shim` next to the running executable, else the first on PATH.
+    pub fn locate() -> Option<PathBuf> {
+        let beside = std::env::current_exe()
             .ok()
-            .and_then(|exe| exe.parent().map(|d| d.join("keelson-shim")))
-            .filter(|p| p.is_file())
-            .unwrap_or_else(|| PathBuf::from("keelson-shim"))
+            .and_then(|exe| exe.parent().map(|d| d.join("keelson-shim")));
+        let on_path = std::env::var_os("PATH")
+            .map(|p| {
+                std::env::split_paths(&p)
+                    .map(|d| d.join("keelson-shim"))
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default();
+        beside.into_iter().chain(on_path).find(|p| p.is_file())
     }
 }
 

@@ -51,12 +51,20 @@ pub fn cni_readiness(conf_dir: &Path, bin_dirs: &[PathBuf]) -> Result<String, St
 }
 
 pub async fn handle(svc: &CriService, req: StatusRequest) -> Result<StatusResponse, Status> {
-    let runtime = RuntimeCondition {
-        r#type: "RuntimeReady".into(),
-        status: false,
-        reason: "ContainersNotSupported".into(),
-        message: "this build of keelson-runtime runs images and pod sandboxes; it cannot run containers yet"
-            .into(),
+    let runtime = if crate::container::shim::ProcessShim::locate().is_some() {
+        RuntimeCondition {
+            r#type: "RuntimeReady".into(),
+            status: true,
+            reason: String::new(),
+            message: String::new(),
+        }
+    } else {
+        RuntimeCondition {
+            r#type: "RuntimeReady".into(),
+            status: false,
+            reason: "ShimNotFound".into(),
+            message: "keelson-shim not found next to keelson-runtime or on PATH".into(),
+        }
     };
     let network = match cni_readiness(&svc.config.cni_conf_dir, &svc.config.cni_bin_dirs) {
         Ok(_) => RuntimeCondition {

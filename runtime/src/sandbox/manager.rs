@@ -133,6 +133,16 @@ pub fn failpoint(name: &str) {
     }
 }
 
+/// The pod's hostname: the CRI's, else the node's (as containerd does); the kernel takes at most 64 bytes.
+fn pod_hostname(requested: &str) -> String {
+    if !requested.is_empty() {
+        return requested.to_string();
+    }
+    nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "localhost".into())
+}
+
 /// A fresh 64-hex-character id, as containerd makes them.
 pub fn new_id() -> String {
     let mut buf = [0u8; 32];
@@ -320,6 +330,12 @@ impl SandboxManager {
                 "unknown runtime handler {runtime_handler:?}"
             )));
         }
+        if config.hostname.len() > 64 {
+            return Err(SandboxError::Invalid(format!(
+                "hostname {:?} is longer than 64 bytes",
+                config.hostname
+            )));
+        }
         let linux = config.linux.as_ref();
         let ns_opts = linux
             .and_then(|l| l.security_context.as_ref())
@@ -342,11 +358,7 @@ impl SandboxManager {
             created_at: now_nanos(),
             state: SandboxState::Creating,
             config_pb: base64::engine::general_purpose::STANDARD.encode(config.encode_to_vec()),
-            hostname: if config.hostname.is_empty() {
-                meta.name.clone()
-            } else {
-                config.hostname.clone()
-            },
+            hostname: pod_hostname(&config.hostname),
             host_network: ns_opts.is_some_and(|n| is_node(n.network)),
             host_ipc: ns_opts.is_some_and(|n| is_node(n.ipc)),
             host_pid: ns_opts.is_some_and(|n| is_node(n.pid)),
