@@ -11,6 +11,7 @@ pub mod busybox;
 pub mod daemon;
 pub mod mirror_support;
 pub mod oci;
+pub mod pods;
 pub mod registry;
 
 use std::path::PathBuf;

@@ -1,5 +1,6 @@
-//! `make bench`: how fast keelson-runtime pulls a multi-layer image compared with skopeo, and
-//! how much memory the daemon uses. Prints figures; asserts nothing about time.
+//! `make bench`: how fast keelson-runtime pulls a multi-layer image compared with skopeo, how
+//! fast it starts pods (RunPodSandbox + CreateContainer + StartContainer), and how much memory
+//! the daemon and its shims use. Prints figures; asserts nothing about time.
 //!
 //! Everything runs on loopback: a private registry, skopeo copying from it into a directory,
 //! and the daemon (found through `KEELSON_BIN_DIR`, a release build under `make bench`).
@@ -8,7 +9,12 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use keelson_cri::v1::{ImageSpec, ImageStatusRequest, PullImageRequest, RemoveImageRequest};
+use keelson_cri::v1::{
+    ContainerConfig, ContainerMetadata, CreateContainerRequest, ImageSpec, ImageStatusRequest,
+    LinuxPodSandboxConfig, PodSandboxConfig, PodSandboxMetadata, PullImageRequest,
+    RemoveImageRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
+    StopPodSandboxRequest,
+};
 use keelson_integration::daemon::{DaemonOptions, RuntimeDaemon, proc_status_kib};
 use keelson_integration::oci::{Compression, Entry, Layer, ManifestFormat, pseudo_random_bytes};
 use keelson_integration::registry::Registry;
@@ -20,6 +26,10 @@ const FILE_BYTES: usize = 1 << 20;
 const CHUNK: usize = 64 << 10;
 const RUNS: usize = 3;
 const PULL_TIMEOUT: Duration = Duration::from_secs(600);
+const PODS: usize = 50;
+/// A loopback-only pod network for the benchmark (FACTS.md: an unreachable route covers it).
+const POD_CIDR: &str = "10.238.0.0/24";
+const POD_BRIDGE: &str = "kbench0";
 const REPO: &str = "bench/multi";
 const TAG: &str = "1";
 
@@ -147,7 +157,16 @@ async fn main() -> Result<()> {
         skopeo_runs.push(skopeo_copy(&reference)?);
     }
 
-    let daemon = RuntimeDaemon::start(DaemonOptions::default()).await?;
+    let cni = tempfile::tempdir()?;
+    write_pod_network(cni.path())?;
+    let daemon = RuntimeDaemon::start(DaemonOptions {
+        extra_args: vec![
+            "--cni-conf-dir".into(),
+            cni.path().join("conf").display().to_string(),
+        ],
+        ..DaemonOptions::default()
+    })
+    .await?;
     let pid = daemon.pid().context("daemon pid")?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_idle = proc_status_kib(pid, "VmRSS")?;
@@ -211,7 +230,192 @@ async fn main() -> Result<()> {
         rss_end as f64 / 1024.0,
         rss_peak as f64 / 1024.0
     );
+    let result = pod_bench(&daemon, &registry).await;
     drop(daemon);
     drop(registry);
+    let _ = Command::new("ip")
+        .args(["link", "del", POD_BRIDGE])
+        .status();
+    let _ = Command::new("ip")
+        .args(["route", "del", "unreachable", POD_CIDR, "metric", "4000"])
+        .status();
+    result
+}
+
+/// A bridge + host-local network on [`POD_CIDR`], IPAM state inside `dir`.
+fn write_pod_network(dir: &std::path::Path) -> Result<()> {
+    std::fs::create_dir_all(dir.join("conf"))?;
+    let conf = format!(
+        r#"{{"cniVersion":"1.0.0","name":"kbench","plugins":[{{"type":"bridge","bridge":"{POD_BRIDGE}","isGateway":true,"ipMasq":false,"ipam":{{"type":"host-local","ranges":[[{{"subnet":"{POD_CIDR}"}}]],"dataDir":"{}"}}}}]}}"#,
+        dir.join("ipam").display()
+    );
+    std::fs::write(dir.join("conf/10-kbench.conflist"), conf)?;
+    let _ = Command::new("ip")
+        .args(["route", "add", "unreachable", POD_CIDR, "metric", "4000"])
+        .stderr(Stdio::null())
+        .status();
+    Ok(())
+}
+
+/// RSS and PSS (KiB) of every shim whose command line names `state`.
+fn shim_memory(state: &std::path::Path) -> Vec<(u64, u64)> {
+    let needle = state.display().to_string();
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let dir = entry.path();
+        let Ok(cmdline) = std::fs::read(dir.join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if !cmdline.contains("keelson-shim") || !cmdline.contains(&needle) {
+            continue;
+        }
+        let Ok(rollup) = std::fs::read_to_string(dir.join("smaps_rollup")) else {
+            continue;
+        };
+        let field = |name: &str| {
+            rollup
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        out.push((field("Rss:"), field("Pss:")));
+    }
+    out
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+/// [`PODS`] pods in sequence, each one busybox `sleep` container, image already present.
+async fn pod_bench(daemon: &RuntimeDaemon, registry: &Registry) -> Result<()> {
+    let busybox_image = busybox::image(ManifestFormat::Oci, Compression::Gzip)?;
+    registry
+        .push_client()?
+        .push_image("bench/busybox", "1", &busybox_image)
+        .await?;
+    let image = registry.reference("bench/busybox", "1");
+    let mut images = daemon.image_client().await?;
+    images
+        .pull_image(PullImageRequest {
+            image: spec(&image),
+            auth: None,
+            sandbox_config: None,
+        })
+        .await
+        .context("pull busybox for the pod benchmark")?;
+    let pid = daemon.pid().context("daemon pid")?;
+    let rss_before = proc_status_kib(pid, "VmRSS")?;
+    let mut rt = daemon.runtime_client().await?;
+    let (mut total, mut runp, mut create, mut start) = (vec![], vec![], vec![], vec![]);
+    let mut pods = Vec::with_capacity(PODS);
+    let wall = Instant::now();
+    for i in 0..PODS {
+        let config = PodSandboxConfig {
+            metadata: Some(PodSandboxMetadata {
+                name: format!("bench-{i}"),
+                uid: format!("bench-uid-{i}"),
+                namespace: "bench".into(),
+                attempt: 0,
+            }),
+            hostname: format!("bench-{i}"),
+            linux: Some(LinuxPodSandboxConfig::default()),
+            ..Default::default()
+        };
+        let t0 = Instant::now();
+        let pod = rt
+            .run_pod_sandbox(RunPodSandboxRequest {
+                config: Some(config.clone()),
+                runtime_handler: String::new(),
+            })
+            .await
+            .with_context(|| format!("RunPodSandbox {i}"))?
+            .into_inner()
+            .pod_sandbox_id;
+        let t1 = Instant::now();
+        let ctr = rt
+            .create_container(CreateContainerRequest {
+                pod_sandbox_id: pod.clone(),
+                config: Some(ContainerConfig {
+                    metadata: Some(ContainerMetadata {
+                        name: "sleep".into(),
+                        attempt: 0,
+                    }),
+                    image: spec(&image),
+                    command: vec!["sleep".into(), "3600".into()],
+                    ..Default::default()
+                }),
+                sandbox_config: Some(config),
+            })
+            .await
+            .with_context(|| format!("CreateContainer {i}"))?
+            .into_inner()
+            .container_id;
+        let t2 = Instant::now();
+        rt.start_container(StartContainerRequest {
+            container_id: ctr.clone(),
+        })
+        .await
+        .with_context(|| format!("StartContainer {i}"))?;
+        let t3 = Instant::now();
+        runp.push(t1 - t0);
+        create.push(t2 - t1);
+        start.push(t3 - t2);
+        total.push(t3 - t0);
+        pods.push(pod);
+    }
+    let wall = wall.elapsed();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rss_loaded = proc_status_kib(pid, "VmRSS")?;
+    let shims = shim_memory(daemon.state());
+
+    println!();
+    for (name, runs) in [
+        ("pod start", &mut total),
+        ("  RunPodSandbox", &mut runp),
+        ("  CreateContainer", &mut create),
+        ("  StartContainer", &mut start),
+    ] {
+        runs.sort();
+        println!(
+            "{name:<20} median {:7.1} ms   p90 {:7.1} ms   min {:7.1} ms   max {:7.1} ms",
+            ms(percentile(runs, 0.5)),
+            ms(percentile(runs, 0.9)),
+            ms(runs[0]),
+            ms(runs[runs.len() - 1])
+        );
+    }
+    println!(
+        "{PODS} pods in {:.1} s (sequential, through the CRI socket, no crictl overhead)",
+        wall.as_secs_f64()
+    );
+    println!(
+        "keelson-runtime RSS: before pods {:.1} MiB, with {PODS} pods {:.1} MiB",
+        rss_before as f64 / 1024.0,
+        rss_loaded as f64 / 1024.0
+    );
+    if !shims.is_empty() {
+        let n = shims.len() as f64;
+        let (rss, pss): (u64, u64) = shims.iter().fold((0, 0), |a, s| (a.0 + s.0, a.1 + s.1));
+        println!(
+            "keelson-shim x{}: mean RSS {:.2} MiB, mean PSS {:.2} MiB",
+            shims.len(),
+            rss as f64 / n / 1024.0,
+            pss as f64 / n / 1024.0
+        );
+    }
+    for pod in pods {
+        rt.stop_pod_sandbox(StopPodSandboxRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await?;
+        rt.remove_pod_sandbox(RemovePodSandboxRequest {
+            pod_sandbox_id: pod,
+        })
+        .await?;
+    }
     Ok(())
 }

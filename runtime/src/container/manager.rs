@@ -7,6 +7,8 @@
 //! named in the record before it is made, so a crash is undone or finished on the next start.
 
 use crate::config::CgroupDriver;
+use crate::container::cgroups::{self, CgroupError, CgroupWriter};
+use crate::container::events::{ContainerEvent, ContainerEventKind, EventHub};
 use crate::container::hostfs::RealHostFs;
 use crate::container::seccomp::{self, HostArch};
 use crate::container::shim::{ShimError, ShimLaunch, ShimOps};
@@ -18,7 +20,7 @@ use crate::image::manager::ImageManager;
 use crate::sandbox::manager::{SandboxManager, failpoint, new_id};
 use crate::sandbox::store::SandboxState;
 use base64::Engine;
-use keelson_cri::v1::{ContainerConfig, NamespaceMode};
+use keelson_cri::v1::{ContainerConfig, LinuxContainerResources, NamespaceMode};
 use keelson_shim::protocol::{self, ExitInfo, Request, Response};
 use nix::mount::{MntFlags, MsFlags};
 use prost::Message;
@@ -62,6 +64,8 @@ pub enum ContainerError {
     },
     #[error(transparent)]
     Store(#[from] ContainerStoreError),
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
 }
 
 /// Mounting a container's root filesystem; faked in unit tests.
@@ -142,6 +146,9 @@ pub fn stop_signal_number(name: Option<&str>) -> i32 {
 pub struct ContainerManager {
     pub store: ContainerStore,
     state_dir: PathBuf,
+    /// Short on purpose: unix socket paths (the shim's, libcontainer's notify socket) must fit
+    /// in 108 bytes.
+    shims_dir: PathBuf,
     libcontainer_root: PathBuf,
     images: Arc<ImageManager>,
     sandboxes: Arc<SandboxManager>,
@@ -151,10 +158,16 @@ pub struct ContainerManager {
     /// Held while checking and reserving a container name.
     names: Mutex<()>,
     locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    /// Lifecycle events for GetContainerEvents.
+    pub events: Arc<EventHub>,
 }
 
 impl ContainerManager {
     #[allow(clippy::too_many_arguments)]
+    /// Longest `--state` whose shim sockets still fit: `<state>/s/<32 hex>/shim.sock` < 108 bytes.
+    /// (libcontainer binds its notify socket through a chdir, so its path length does not matter.)
+    pub const MAX_STATE_DIR_LEN: usize = 107 - "/s/".len() - 32 - "/shim.sock".len();
+
     pub fn open(
         root: &Path,
         state: &Path,
@@ -164,10 +177,18 @@ impl ContainerManager {
         shim: Arc<dyn ShimOps>,
         cgroup_driver: CgroupDriver,
     ) -> Result<Self, ContainerError> {
+        if state.as_os_str().len() > Self::MAX_STATE_DIR_LEN {
+            return Err(ContainerError::Invalid(format!(
+                "state directory {} is longer than {} bytes: container sockets under it would not fit the unix socket path limit",
+                state.display(),
+                Self::MAX_STATE_DIR_LEN
+            )));
+        }
         let m = Self {
             store: ContainerStore::open(root)?,
             state_dir: state.join("containers"),
-            libcontainer_root: state.join("libcontainer"),
+            shims_dir: state.join("s"),
+            libcontainer_root: state.join("lc"),
             images,
             sandboxes,
             rootfs,
@@ -175,6 +196,7 @@ impl ContainerManager {
             cgroup_driver,
             names: Mutex::new(()),
             locks: Mutex::new(HashMap::new()),
+            events: Arc::new(EventHub::default()),
         };
         m.recover();
         Ok(m)
@@ -184,14 +206,35 @@ impl ContainerManager {
         self.state_dir.join(id)
     }
 
+    /// `<state>/s/<first 32 hex of the id>`: its `shim.sock` stays far below the socket path limit.
     fn shim_dir(&self, id: &str) -> PathBuf {
-        self.bundle_dir(id).join("shim")
+        self.shims_dir.join(&id[..id.len().min(32)])
     }
 
     fn lock_of(&self, id: &str) -> Arc<Mutex<()>> {
         let mut map = self.locks.lock().expect("container lock map");
         map.retain(|_, l| Arc::strong_count(l) > 1);
         map.entry(id.to_string()).or_default().clone()
+    }
+
+    /// Tells event subscribers, if any, what happened to a container of `sandbox_id`.
+    fn emit(&self, id: &str, sandbox_id: &str, kind: ContainerEventKind) {
+        if !self.events.has_subscribers() {
+            return;
+        }
+        let containers = self
+            .store
+            .list()
+            .into_iter()
+            .filter(|c| c.sandbox_id == sandbox_id)
+            .collect();
+        self.events.publish(ContainerEvent {
+            container_id: id.to_string(),
+            kind,
+            at: now_nanos(),
+            sandbox: self.sandboxes.store.get(sandbox_id),
+            containers,
+        });
     }
 
     /// The CRI config a container was created with.
@@ -258,6 +301,7 @@ impl ContainerManager {
         let Ok(state) = r.state.exited(&r.id) else {
             return r;
         };
+        let newly = r.state != ContainerState::Exited;
         r.state = state;
         r.exit_code = exit.exit_code;
         r.finished_at = exit.exited_at_unix_nanos;
@@ -265,6 +309,9 @@ impl ContainerManager {
         r.message = exit.message;
         if let Err(e) = self.store.put(&r) {
             tracing::error!(container = %r.id, error = %e, "cannot record container exit");
+        }
+        if newly {
+            self.emit(&r.id, &r.sandbox_id, ContainerEventKind::Stopped);
         }
         r
     }
@@ -371,7 +418,10 @@ impl ContainerManager {
             .or_else(|| SandboxManager::config_of(&sandbox))
             .unwrap_or_default();
         match self.create_resources(&mut r, config, &sandbox, &sandbox_config, &image) {
-            Ok(()) => Ok(id),
+            Ok(()) => {
+                self.emit(&id, &r.sandbox_id, ContainerEventKind::Created);
+                Ok(id)
+            }
             Err(e) => {
                 tracing::warn!(container = %id, error = %e, "CreateContainer failed; undoing");
                 if let Err(undo) = self.destroy(&r) {
@@ -489,13 +539,8 @@ impl ContainerManager {
             host: &RealHostFs,
         };
         let mut spec = spec::container_spec(&inputs)?;
-        // libcontainer reads SCMP_CMP_MASKED_EQ's two values the other way round from the OCI
-        // spec; without this swap the namespace-flag rules in the default profile fail open.
-        if let Some(linux) = spec.linux_mut()
-            && let Some(profile) = linux.seccomp().clone()
-        {
-            linux.set_seccomp(Some(seccomp::for_libcontainer(&profile)));
-        }
+        adapt_for_libcontainer(&mut spec);
+        restrict_capabilities(&mut spec, own_bounding_set());
         let spec_json = serde_json::to_vec_pretty(&spec).expect("oci spec serializes");
         fs::write(bundle.join("config.json"), spec_json).map_err(io_err("writing config.json"))?;
 
@@ -552,6 +597,7 @@ impl ContainerManager {
             _ => now_nanos(),
         };
         self.store.put(&r)?;
+        self.emit(&r.id, &r.sandbox_id, ContainerEventKind::Started);
         Ok(())
     }
 
@@ -623,7 +669,76 @@ impl ContainerManager {
         let Some(r) = self.store.get(&r.id) else {
             return Ok(());
         };
-        self.destroy(&r)
+        self.destroy(&r)?;
+        self.emit(&r.id, &r.sandbox_id, ContainerEventKind::Deleted);
+        Ok(())
+    }
+
+    /// The `linux.cgroupsPath` the container's OCI bundle was created with.
+    pub fn cgroups_path(&self, id: &str) -> Option<String> {
+        let spec = fs::read(self.bundle_dir(id).join("config.json")).ok()?;
+        let spec: serde_json::Value = serde_json::from_slice(&spec).ok()?;
+        spec.pointer("/linux/cgroupsPath")?
+            .as_str()
+            .map(str::to_string)
+    }
+
+    /// UpdateContainerResources: writes the set fields of `res` straight to the container's
+    /// cgroup (while it has one) and records them in its config, so ContainerStatus reports them.
+    pub fn update_resources(
+        &self,
+        id: &str,
+        res: &LinuxContainerResources,
+        cgroups: &dyn CgroupWriter,
+    ) -> Result<(), ContainerError> {
+        let r = self
+            .find(id)
+            .ok_or_else(|| ContainerError::NotFound(id.into()))?;
+        let lock = self.lock_of(&r.id);
+        let _guard = lock.lock().expect("container lock");
+        let mut r = self.refresh(
+            self.store
+                .get(&r.id)
+                .ok_or_else(|| ContainerError::NotFound(id.into()))?,
+        );
+        let owner = format!("container {}", r.id);
+        cgroups::validate_resources(&owner, res, cgroups.version())?;
+        match r.state {
+            ContainerState::Creating => {
+                return Err(ContainerError::WrongState {
+                    id: r.id,
+                    state: r.state,
+                    what: "its resources can change once it is created",
+                });
+            }
+            ContainerState::Created | ContainerState::Running => {
+                let path = self.cgroups_path(&r.id).unwrap_or_default();
+                let candidates = cgroups::container_cgroup_candidates(&path);
+                let cgroup =
+                    cgroups::resolve(cgroups, &candidates).ok_or_else(|| CgroupError::Missing {
+                        owner: owner.clone(),
+                        tried: candidates
+                            .iter()
+                            .map(|c| c.display().to_string())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                    })?;
+                cgroups::apply_resources(cgroups, &owner, &cgroup, res)?;
+            }
+            // Nothing runs: only the record changes.
+            ContainerState::Exited => {}
+        }
+        let mut config = Self::config_of(&r).unwrap_or_default();
+        let current = config
+            .linux
+            .get_or_insert_with(Default::default)
+            .resources
+            .get_or_insert_with(Default::default);
+        cgroups::merge_resources(current, res);
+        r.config_pb = base64::engine::general_purpose::STANDARD.encode(config.encode_to_vec());
+        self.store.put(&r)?;
+        tracing::info!(container = %r.id, "container resources updated");
+        Ok(())
     }
 
     /// Frees a container's shim, libcontainer state, rootfs mount, directories and record. Idempotent.
@@ -727,18 +842,83 @@ impl ContainerManager {
         Ok(())
     }
 
-    /// Removes every container of a sandbox (RemovePodSandbox).
+    /// Removes every container of a sandbox (RemovePodSandbox), then the pod cgroup keelson
+    /// made for it when the CRI named no parent (a parent the kubelet names is the kubelet's).
     pub fn remove_all_in(&self, sandbox_id: &str) -> Result<(), ContainerError> {
-        for r in self
-            .store
-            .list()
-            .into_iter()
-            .filter(|r| r.sandbox_id == sandbox_id)
-        {
+        let sandbox = self.sandboxes.store.find(sandbox_id);
+        let id = sandbox.as_ref().map_or(sandbox_id, |s| s.id.as_str());
+        for r in self.store.list().into_iter().filter(|r| r.sandbox_id == id) {
             self.remove(&r.id)?;
+        }
+        if let Some(sb) = sandbox.filter(|s| s.cgroup_parent.is_empty())
+            && self.cgroup_driver == CgroupDriver::Cgroupfs
+        {
+            remove_cgroup_dirs(
+                Path::new("/sys/fs/cgroup"),
+                &format!("keelson/pod-{}", sb.id),
+            );
         }
         Ok(())
     }
+}
+
+/// Adjusts a spec for two ways libcontainer 0.7 reads the OCI spec differently from runc:
+/// - it swaps SCMP_CMP_MASKED_EQ's two values: without swapping them back the default profile's
+///   namespace-flag rules fail open;
+/// - it treats `noNewPrivileges: false` like `true` and loads seccomp only after dropping
+///   CAP_SYS_ADMIN, which the kernel refuses without no_new_privs: `false` must be left out.
+pub fn adapt_for_libcontainer(spec: &mut oci_spec::runtime::Spec) {
+    if let Some(linux) = spec.linux_mut()
+        && let Some(profile) = linux.seccomp().clone()
+    {
+        linux.set_seccomp(Some(seccomp::for_libcontainer(&profile)));
+    }
+    if let Some(process) = spec.process_mut()
+        && process.no_new_privileges() == Some(false)
+    {
+        process.set_no_new_privileges(None);
+    }
+}
+
+/// The runtime's own capability bounding set (`CapBnd` in /proc/self/status) as a bit mask.
+fn own_bounding_set() -> u64 {
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapBnd:").map(|v| v.trim().to_string()))
+        })
+        .and_then(|hex| u64::from_str_radix(&hex, 16).ok())
+        .unwrap_or(u64::MAX)
+}
+
+/// Drops capabilities the runtime itself does not hold: no process can grant them, and asking
+/// makes libcontainer's capset fail. containerd gives privileged containers the runtime's own set
+/// the same way (on hosts whose root lacks, e.g., CAP_SYS_RESOURCE).
+pub fn restrict_capabilities(spec: &mut oci_spec::runtime::Spec, bounding: u64) {
+    use crate::container::caps;
+    let held = |c: &oci_spec::runtime::Capability| {
+        caps::ALL
+            .iter()
+            .position(|(k, _)| k == c)
+            .is_none_or(|i| bounding & (1u64 << i) != 0)
+    };
+    let Some(process) = spec.process_mut() else {
+        return;
+    };
+    let Some(mut set) = process.capabilities().clone() else {
+        return;
+    };
+    let filter = |s: &Option<oci_spec::runtime::Capabilities>| {
+        s.as_ref()
+            .map(|caps| caps.iter().filter(|c| held(c)).cloned().collect())
+    };
+    set.set_bounding(filter(set.bounding()));
+    set.set_effective(filter(set.effective()));
+    set.set_permitted(filter(set.permitted()));
+    set.set_inheritable(filter(set.inheritable()));
+    set.set_ambient(filter(set.ambient()));
+    process.set_capabilities(Some(set));
 }
 
 /// Removes `<mount>/<rel>` in the unified hierarchy and in every v1 controller; a cgroup that
@@ -778,6 +958,71 @@ mod tests {
         assert!(
             root.path().join("pids/keelson/pod-x").exists(),
             "a non-empty cgroup stays"
+        );
+    }
+
+    #[test]
+    fn libcontainer_adaptation_drops_false_no_new_privileges() {
+        let mut spec = oci_spec::runtime::Spec::default();
+        spec.process_mut()
+            .as_mut()
+            .unwrap()
+            .set_no_new_privileges(Some(false));
+        adapt_for_libcontainer(&mut spec);
+        restrict_capabilities(&mut spec, own_bounding_set());
+        assert_eq!(spec.process().as_ref().unwrap().no_new_privileges(), None);
+        spec.process_mut()
+            .as_mut()
+            .unwrap()
+            .set_no_new_privileges(Some(true));
+        adapt_for_libcontainer(&mut spec);
+        restrict_capabilities(&mut spec, own_bounding_set());
+        assert_eq!(
+            spec.process().as_ref().unwrap().no_new_privileges(),
+            Some(true)
+        );
+    }
+
+    #[test]
+    fn capabilities_the_runtime_lacks_are_dropped() {
+        use oci_spec::runtime::{Capability, LinuxCapabilitiesBuilder};
+        let all: oci_spec::runtime::Capabilities = [
+            Capability::Chown,
+            Capability::SysResource,
+            Capability::NetAdmin,
+        ]
+        .into_iter()
+        .collect();
+        let mut spec = oci_spec::runtime::Spec::default();
+        let caps = LinuxCapabilitiesBuilder::default()
+            .bounding(all.clone())
+            .effective(all.clone())
+            .permitted(all)
+            .build()
+            .unwrap();
+        spec.process_mut()
+            .as_mut()
+            .unwrap()
+            .set_capabilities(Some(caps));
+        // CAP_SYS_RESOURCE is bit 24: a bounding set without it, as on hosts that lack it.
+        restrict_capabilities(&mut spec, !(1 << 24));
+        let got = spec
+            .process()
+            .as_ref()
+            .unwrap()
+            .capabilities()
+            .clone()
+            .unwrap();
+        let effective = got.effective().clone().unwrap();
+        assert!(
+            effective.contains(&Capability::Chown) && effective.contains(&Capability::NetAdmin)
+        );
+        assert!(!effective.contains(&Capability::SysResource));
+        assert!(
+            !got.bounding()
+                .clone()
+                .unwrap()
+                .contains(&Capability::SysResource)
         );
     }
 

@@ -6,11 +6,14 @@
 //! ([`manager::RootfsOps`], [`shim::ShimOps`]).
 
 pub mod caps;
+pub mod cgroups;
 pub mod defaults;
+pub mod events;
 pub mod hostfs;
 pub mod manager;
 pub mod seccomp;
 pub mod shim;
 pub mod spec;
+pub mod stats;
 pub mod store;
 pub mod user;

@@ -1,17 +1,22 @@
 //! The CRI v1 gRPC surface: one module per call, each a thin translation onto the runtime's services.
 
 mod container_convert;
+mod container_stats;
 mod container_status;
 mod convert;
 mod create_container;
 mod exec_sync;
+mod get_container_events;
 mod image_fs_info;
 mod image_service;
 mod image_status;
 mod import_images;
+mod list_container_stats;
 mod list_containers;
 mod list_images;
 mod list_pod_sandbox;
+mod list_pod_sandbox_stats;
+mod pod_sandbox_stats;
 mod pod_sandbox_status;
 mod pull_image;
 mod remove_container;
@@ -26,10 +31,12 @@ mod start_container;
 mod status;
 mod stop_container;
 mod stop_pod_sandbox;
+mod update_container_resources;
 mod version;
 
 use crate::config::RuntimeConfig;
 use crate::container::manager::ContainerManager;
+use crate::container::stats::StatsCollector;
 use crate::image::manager::ImageManager;
 use crate::sandbox::manager::SandboxManager;
 use std::sync::Arc;
@@ -41,6 +48,8 @@ pub struct CriService {
     pub(crate) sandboxes: Arc<SandboxManager>,
     pub(crate) containers: Arc<ContainerManager>,
     pub(crate) config: Arc<RuntimeConfig>,
+    /// Cgroup counters and the samples stats are computed from.
+    pub(crate) stats: Arc<StatsCollector>,
 }
 
 impl CriService {
@@ -50,11 +59,13 @@ impl CriService {
         containers: Arc<ContainerManager>,
         config: Arc<RuntimeConfig>,
     ) -> Self {
+        let stats = Arc::new(StatsCollector::host(images.root().display().to_string()));
         Self {
             images,
             sandboxes,
             containers,
             config,
+            stats,
         }
     }
 }

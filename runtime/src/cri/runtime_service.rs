@@ -3,6 +3,7 @@
 use super::CriService;
 use keelson_cri::RuntimeService;
 use keelson_cri::v1::*;
+use tonic::codegen::BoxStream;
 use tonic::{Request, Response, Status};
 
 fn not_yet<T>(call: &str) -> Result<T, Status> {
@@ -129,9 +130,11 @@ impl RuntimeService for CriService {
 
     async fn update_container_resources(
         &self,
-        _request: Request<UpdateContainerResourcesRequest>,
+        request: Request<UpdateContainerResourcesRequest>,
     ) -> Result<Response<UpdateContainerResourcesResponse>, Status> {
-        not_yet("UpdateContainerResources")
+        super::update_container_resources::handle(self, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn reopen_container_log(
@@ -172,30 +175,45 @@ impl RuntimeService for CriService {
 
     async fn container_stats(
         &self,
-        _request: Request<ContainerStatsRequest>,
+        request: Request<ContainerStatsRequest>,
     ) -> Result<Response<ContainerStatsResponse>, Status> {
-        not_yet("ContainerStats")
+        super::container_stats::handle(self, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn list_container_stats(
         &self,
-        _request: Request<ListContainerStatsRequest>,
+        request: Request<ListContainerStatsRequest>,
     ) -> Result<Response<ListContainerStatsResponse>, Status> {
-        not_yet("ListContainerStats")
+        super::list_container_stats::handle(self, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn pod_sandbox_stats(
         &self,
-        _request: Request<PodSandboxStatsRequest>,
+        request: Request<PodSandboxStatsRequest>,
     ) -> Result<Response<PodSandboxStatsResponse>, Status> {
-        not_yet("PodSandboxStats")
+        super::pod_sandbox_stats::handle(self, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn list_pod_sandbox_stats(
         &self,
-        _request: Request<ListPodSandboxStatsRequest>,
+        request: Request<ListPodSandboxStatsRequest>,
     ) -> Result<Response<ListPodSandboxStatsResponse>, Status> {
-        not_yet("ListPodSandboxStats")
+        super::list_pod_sandbox_stats::handle(self, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn get_container_events(
+        &self,
+        request: Request<GetEventsRequest>,
+    ) -> Result<Response<BoxStream<ContainerEventResponse>>, Status> {
+        super::get_container_events::handle(self, request.into_inner()).map(Response::new)
     }
 
     async fn update_runtime_config(
