@@ -320,12 +320,14 @@ async fn pod_lifecycle_with_network() {
         node.net.reservation_owner(&ip).as_deref(),
         Some(pod.as_str())
     );
-    assert_eq!(
-        node.pins_of(&pod),
-        ["ipc", "net", "shm", "uts"],
-        "the pod's namespace pins and /dev/shm: {:?}",
-        node.mounts_of(&pod)
-    );
+    let pins = node.pins_of(&pod);
+    for pin in ["ipc", "net", "shm", "uts"] {
+        assert!(
+            pins.iter().any(|p| p == pin),
+            "no {pin} among the pod's mounts: {:?}",
+            node.mounts_of(&pod)
+        );
+    }
     assert_eq!(
         node.net.veths().len(),
         1,
@@ -575,15 +577,18 @@ async fn pod_lifecycle_with_network() {
         Code::NotFound,
     );
     let left = pods::paths_naming(node.base(), &pod);
-    assert!(left.is_empty(), "files of pod {pod} left: {left:?}");
+    if !left.is_empty() {
+        node.leak(format!("files of pod {pod}: {left:?}"));
+    }
     for c in [&main, &web, &idle] {
         let left = pods::paths_naming(node.base(), c);
-        assert!(left.is_empty(), "files of container {c} left: {left:?}");
-        assert!(
-            pods::container_cgroups(&pod, c).is_empty(),
-            "{:?}",
-            pods::container_cgroups(&pod, c)
-        );
+        if !left.is_empty() {
+            node.leak(format!("files of container {c}: {left:?}"));
+        }
+        let cgroups = pods::container_cgroups(&pod, c);
+        if !cgroups.is_empty() {
+            node.leak(format!("cgroups of container {c}: {cgroups:?}"));
+        }
     }
     node.assert_clean(&[&pod]).await;
 
@@ -1246,37 +1251,38 @@ async fn kill_9_mid_create_container_leaks_nothing() {
         while !pods::shims_naming(node.base()).is_empty() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        // Everything the half-made container had must be gone; list all that is not.
+        let mut left = Vec::new();
         let shims = pods::shims_naming(node.base());
-        assert!(
-            shims.is_empty(),
-            "{failpoint}: shims left: {shims:#?}\n{}\ncontainer cgroups: {:?}",
-            shims
-                .iter()
-                .map(|p| pods::process_details(p.pid))
-                .collect::<Vec<_>>()
-                .join("\n"),
-            pods::container_cgroups(&pod, &id)
-        );
-        assert!(
-            node.mounts_of(&id).is_empty(),
-            "{failpoint}: rootfs still mounted: {:?}",
-            node.mounts_of(&id)
-        );
-        assert!(
-            pods::libcontainer_state(&node.dirs.state, &id).is_none(),
-            "{failpoint}: libcontainer state left"
-        );
-        let left = pods::paths_naming(node.base(), &id);
+        if !shims.is_empty() {
+            left.push(format!("shim processes: {shims:#?}"));
+            for p in &shims {
+                left.push(pods::process_details(p.pid));
+            }
+        }
+        if !node.mounts_of(&id).is_empty() {
+            left.push(format!("rootfs mounts: {:?}", node.mounts_of(&id)));
+        }
+        if let Some(dir) = pods::libcontainer_state(&node.dirs.state, &id) {
+            left.push(format!("libcontainer state: {}", dir.display()));
+        }
+        let files = pods::paths_naming(node.base(), &id);
+        if !files.is_empty() {
+            left.push(format!("files (record, bundle, shim state): {files:?}"));
+        }
+        let cgroups = pods::container_cgroups(&pod, &id);
+        if !cgroups.is_empty() {
+            left.push(format!("cgroups: {cgroups:?}"));
+        }
+        let pids = pods::container_pids(&pod, &id);
+        if !pids.is_empty() {
+            left.push(format!("processes in its cgroup: {pids:?}"));
+        }
         assert!(
             left.is_empty(),
-            "{failpoint}: files of the container left (bundle, shim state, record): {left:?}"
+            "{failpoint}: the undone container {id} left:\n{}",
+            left.join("\n")
         );
-        assert!(
-            pods::container_cgroups(&pod, &id).is_empty(),
-            "{failpoint}: cgroups left: {:?}",
-            pods::container_cgroups(&pod, &id)
-        );
-        assert!(pods::container_pids(&pod, &id).is_empty());
         assert_eq!(
             node.cri.pod_status(&pod).await.state,
             PodSandboxState::SandboxReady as i32

@@ -10,6 +10,7 @@ use crate::image::registry::{RegistryClient, RegistryOptions};
 use crate::sandbox::cni::{Cni, ProcessExec};
 use crate::sandbox::manager::{CniNetwork, KernelShm, SandboxManager};
 use crate::sandbox::netns::KernelNetns;
+use crate::sandbox::pidns::ProcessPidNs;
 use keelson_cri::admin::runtime_admin_server::RuntimeAdminServer;
 use keelson_cri::{ImageServiceServer, RuntimeServiceServer};
 use std::fs::{self, File, OpenOptions};
@@ -132,6 +133,10 @@ fn open_sandboxes(config: &RuntimeConfig) -> Result<Arc<SandboxManager>, ServeEr
         Arc::new(KernelNetns),
         Arc::new(KernelShm),
         Arc::new(network),
+        Arc::new(ProcessPidNs {
+            binary: std::env::current_exe().unwrap_or_else(|_| "keelson-runtime".into()),
+            state: config.state.clone(),
+        }),
     )
     .map_err(|e| ServeError::Sandboxes(e.to_string()))?;
     Ok(Arc::new(manager))

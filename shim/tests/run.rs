@@ -94,6 +94,13 @@ fn sleeping_container_survives_shim_sigterm_and_is_killed() {
     // Detached: reparented away from the process that spawned it.
     let me = std::process::id() as i32;
     assert_ne!(parent_pid(shim.shim_pid), Some(me));
+    // In its own session and process group: a signal to the runtime's group does not reach it.
+    let (group, session) = common::group_and_session(shim.shim_pid).unwrap();
+    let (my_group, my_session) = common::group_and_session(me).unwrap();
+    assert_eq!(group, session, "in the group of the session it started");
+    assert_ne!(group, my_group);
+    assert_ne!(session, my_session);
+    assert_ne!(session, shim.shim_pid, "not a session leader (double fork)");
     // The init is the shim's child.
     assert_eq!(parent_pid(shim.init_pid), Some(shim.shim_pid));
 
@@ -291,4 +298,27 @@ fn create_errors_reach_the_ready_pipe() {
     let mut c = TestContainer::new("tty", &["sh"]);
     let line = c.spawn_shim(&["--tty"]);
     assert!(line.contains("tty not supported yet"), "{line:?}");
+}
+
+#[test]
+fn stdin_flag_keeps_stdin_open() {
+    require_root!();
+    // Without --stdin the container reads /dev/null: `cat` ends at once.
+    let mut c = TestContainer::new("nostdin", &["cat"]);
+    c.start_shim();
+    let mut client = c.client();
+    client.start().unwrap();
+    assert_eq!(client.wait(WAIT).unwrap().exit_code, 0);
+    client.shutdown().unwrap();
+
+    // With --stdin the shim holds the pipe open: `cat` keeps waiting for input.
+    let mut c = TestContainer::new("stdin", &["cat"]);
+    assert_eq!(c.spawn_shim(&["--stdin"]), "ok\n", "{}", c.shim_log());
+    let mut client = c.client();
+    client.start().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(client.state().unwrap().status, ContainerStatus::Running);
+    client.kill(9, false).unwrap();
+    assert_eq!(client.wait(WAIT).unwrap().exit_code, 137);
+    client.shutdown().unwrap();
 }

@@ -524,7 +524,7 @@ impl ContainerManager {
                 network: sandbox.netns.clone(),
                 ipc: sandbox.ipcns.clone(),
                 uts: sandbox.utsns.clone(),
-                pid: None,
+                pid: sandbox.pid_holder.map(|h| h.ns_path()),
                 target_pid,
             },
             cgroup_parent: &cgroup_parent,
@@ -539,7 +539,7 @@ impl ContainerManager {
             host: &RealHostFs,
         };
         let mut spec = spec::container_spec(&inputs)?;
-        adapt_for_libcontainer(&mut spec);
+        adapt_for_libcontainer(&mut spec, inputs.unified_cgroups);
         restrict_capabilities(&mut spec, own_bounding_set());
         let spec_json = serde_json::to_vec_pretty(&spec).expect("oci spec serializes");
         fs::write(bundle.join("config.json"), spec_json).map_err(io_err("writing config.json"))?;
@@ -744,6 +744,22 @@ impl ContainerManager {
     /// Frees a container's shim, libcontainer state, rootfs mount, directories and record. Idempotent.
     fn destroy(&self, r: &ContainerRecord) -> Result<(), ContainerError> {
         if r.shim_launched {
+            // The shim shuts down only for a stopped container: kill one that was created (e.g.
+            // a crash between shim launch and the record saying Created) or still runs.
+            if let Ok(Response::State(state)) =
+                self.call(r, &Request::State, Duration::from_secs(5))
+                && state.status != protocol::ContainerStatus::Stopped
+            {
+                let _ = self.call(
+                    r,
+                    &Request::Kill {
+                        signal: libc::SIGKILL,
+                        all: true,
+                    },
+                    Duration::from_secs(5),
+                );
+                let _ = self.wait_exit(r, Duration::from_secs(10));
+            }
             match self.call(r, &Request::Shutdown, Duration::from_secs(10)) {
                 Ok(_) => {}
                 Err(e) => {
@@ -773,15 +789,20 @@ impl ContainerManager {
                     source,
                 })?;
         }
-        match fs::remove_dir_all(self.bundle_dir(&r.id)) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                return Err(ContainerError::Io {
-                    id: r.id.clone(),
-                    what: "removing the bundle".into(),
-                    source: e,
-                });
+        for (dir, what) in [
+            (self.bundle_dir(&r.id), "removing the bundle"),
+            (self.shim_dir(&r.id), "removing the shim directory"),
+        ] {
+            match fs::remove_dir_all(&dir) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                    return Err(ContainerError::Io {
+                        id: r.id.clone(),
+                        what: what.into(),
+                        source: e,
+                    });
+                }
+                _ => {}
             }
-            _ => {}
         }
         self.store.remove(&r.id)?;
         Ok(())
@@ -867,7 +888,33 @@ impl ContainerManager {
 ///   namespace-flag rules fail open;
 /// - it treats `noNewPrivileges: false` like `true` and loads seccomp only after dropping
 ///   CAP_SYS_ADMIN, which the kernel refuses without no_new_privs: `false` must be left out.
-pub fn adapt_for_libcontainer(spec: &mut oci_spec::runtime::Spec) {
+/// - on cgroup v1 it mounts the container's cgroups by reading `/proc/<pid>` with the pid seen
+///   inside the container's PID namespace from the host's procfs: in a *joined* namespace (a
+///   shared-PID pod) that pid is not 1 and creation fails, so such containers go without the
+///   `/sys/fs/cgroup` mount on v1 hosts (logged).
+pub fn adapt_for_libcontainer(spec: &mut oci_spec::runtime::Spec, unified_cgroups: bool) {
+    let joins_pid_ns = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().clone())
+        .is_some_and(|ns| {
+            ns.iter().any(|n| {
+                n.typ() == oci_spec::runtime::LinuxNamespaceType::Pid && n.path().is_some()
+            })
+        });
+    if joins_pid_ns
+        && !unified_cgroups
+        && let Some(mounts) = spec.mounts().clone()
+    {
+        let kept: Vec<_> = mounts
+            .into_iter()
+            .filter(|m| m.typ().as_deref() != Some("cgroup"))
+            .collect();
+        tracing::warn!(
+            "container joins the pod's PID namespace on a cgroup v1 host: no /sys/fs/cgroup mount"
+        );
+        spec.set_mounts(Some(kept));
+    }
     if let Some(linux) = spec.linux_mut()
         && let Some(profile) = linux.seccomp().clone()
     {
@@ -968,15 +1015,13 @@ mod tests {
             .as_mut()
             .unwrap()
             .set_no_new_privileges(Some(false));
-        adapt_for_libcontainer(&mut spec);
-        restrict_capabilities(&mut spec, own_bounding_set());
+        adapt_for_libcontainer(&mut spec, false);
         assert_eq!(spec.process().as_ref().unwrap().no_new_privileges(), None);
         spec.process_mut()
             .as_mut()
             .unwrap()
             .set_no_new_privileges(Some(true));
-        adapt_for_libcontainer(&mut spec);
-        restrict_capabilities(&mut spec, own_bounding_set());
+        adapt_for_libcontainer(&mut spec, false);
         assert_eq!(
             spec.process().as_ref().unwrap().no_new_privileges(),
             Some(true)

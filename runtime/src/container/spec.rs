@@ -737,13 +737,15 @@ impl<'a, 'b> Builder<'a, 'b> {
             }
             // Propagation into or out of the container only works if the container's root mount is not private.
             match propagation {
+                // linux.rootfsPropagation takes the OCI values (shared/slave); libcontainer
+                // rejects runc's recursive spellings there.
                 cri::MountPropagation::PropagationBidirectional => {
-                    rootfs_propagation = Some("rshared")
+                    rootfs_propagation = Some("shared")
                 }
                 cri::MountPropagation::PropagationHostToContainer
                     if rootfs_propagation.is_none() =>
                 {
-                    rootfs_propagation = Some("rslave")
+                    rootfs_propagation = Some("slave")
                 }
                 _ => {}
             }

@@ -765,7 +765,7 @@ fn cri_mounts() {
         "the CRI mount replaces the sandbox's /etc/hosts"
     );
     assert_eq!(hosts[0].source().as_deref(), Some(Path::new("/cache")));
-    assert_eq!(linux(&spec).rootfs_propagation().as_deref(), Some("rslave"));
+    assert_eq!(linux(&spec).rootfs_propagation().as_deref(), Some("slave"));
 
     let mut f = Fixture::new();
     let mut shared = cri_mount("/shared", "/data");
@@ -775,10 +775,7 @@ fn cri_mounts() {
     f.config.mounts = vec![shared, slave];
     let spec = f.ok();
     assert_eq!(opts(mount(&spec, "/shared").unwrap())[1], "rshared");
-    assert_eq!(
-        linux(&spec).rootfs_propagation().as_deref(),
-        Some("rshared")
-    );
+    assert_eq!(linux(&spec).rootfs_propagation().as_deref(), Some("shared"));
 
     // Replacing a default, and /dev replacing everything under it.
     let mut f = Fixture::new();

@@ -9,6 +9,7 @@ use crate::sandbox::cni::{
     self, Attachment, Cni, CniError, NetworkList, PluginExec, PortMapping, ProcessExec,
 };
 use crate::sandbox::netns::{self, NetnsError, NetnsOps, NsKind};
+use crate::sandbox::pidns::{PidNsError, PidNsOps};
 use crate::sandbox::store::{
     NetworkAttachment, SANDBOX_RECORD_VERSION, SandboxRecord, SandboxState, SandboxStore,
     SandboxStoreError,
@@ -40,6 +41,8 @@ pub enum SandboxError {
         what: String,
         source: io::Error,
     },
+    #[error("pod sandbox {id}: {source}")]
+    PidNamespace { id: String, source: PidNsError },
     #[error(transparent)]
     Store(#[from] SandboxStoreError),
 }
@@ -201,6 +204,7 @@ pub struct SandboxManager {
     ns: Arc<dyn NetnsOps>,
     shm: Arc<dyn ShmOps>,
     network: Arc<dyn PodNetwork>,
+    pidns: Arc<dyn PidNsOps>,
     /// Serialises stop/remove per sandbox id.
     locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
     /// Held while checking and reserving a pod's name.
@@ -216,6 +220,7 @@ impl SandboxManager {
         ns: Arc<dyn NetnsOps>,
         shm: Arc<dyn ShmOps>,
         network: Arc<dyn PodNetwork>,
+        pidns: Arc<dyn PidNsOps>,
     ) -> Result<Self, SandboxError> {
         let m = Self {
             store: SandboxStore::open(root)?,
@@ -223,6 +228,7 @@ impl SandboxManager {
             ns,
             shm,
             network,
+            pidns,
             locks: Mutex::new(HashMap::new()),
             names: Mutex::new(()),
         };
@@ -234,6 +240,15 @@ impl SandboxManager {
         for dir in self.store.orphan_dirs() {
             tracing::info!(dir = %dir.display(), "removing leftover sandbox directory");
             let _ = fs::remove_dir_all(&dir);
+            if let Some(id) = dir.file_name() {
+                self.pidns.stop_orphans(&id.to_string_lossy());
+            }
+        }
+        // Holders whose sandbox no longer exists at all (a crash during removal).
+        for id in self.pidns.running() {
+            if self.store.get(&id).is_none() {
+                self.pidns.stop_orphans(&id);
+            }
         }
         for r in self.store.list() {
             let lost_netns = r.netns.as_deref().is_some_and(|p| !netns::is_pinned(p));
@@ -362,12 +377,16 @@ impl SandboxManager {
             host_network: ns_opts.is_some_and(|n| is_node(n.network)),
             host_ipc: ns_opts.is_some_and(|n| is_node(n.ipc)),
             host_pid: ns_opts.is_some_and(|n| is_node(n.pid)),
+            // POD (the enum's zero value) shares one PID namespace across the pod's containers.
+            pidns_requested: ns_opts
+                .is_none_or(|n| NamespaceMode::try_from(n.pid) == Ok(NamespaceMode::Pod)),
             cgroup_parent,
             netns: None,
             ipcns: None,
             utsns: None,
             shm: None,
             network: None,
+            pid_holder: None,
         };
         // Reserve the name under a lock so two concurrent runs of one pod cannot both succeed.
         {
@@ -492,6 +511,19 @@ impl SandboxManager {
             fs::write(files.join("hosts"), hosts_file(&r.hostname, &ips))
                 .map_err(io_err("writing hosts"))?;
         }
+        if r.pidns_requested {
+            // The record already says a holder may exist (pidns_requested), so a crash here is
+            // cleaned up by `recover`, which finds holders by their command line.
+            let holder = self
+                .pidns
+                .start(&id)
+                .map_err(|source| SandboxError::PidNamespace {
+                    id: id.clone(),
+                    source,
+                })?;
+            r.pid_holder = Some(holder);
+            self.store.put(r)?;
+        }
         r.state = r.state.ready(&id)?;
         self.store.put(r)?;
         Ok(())
@@ -501,6 +533,13 @@ impl SandboxManager {
     /// record after each step. Idempotent. Returns the updated record.
     fn teardown(&self, mut r: SandboxRecord) -> Result<SandboxRecord, SandboxError> {
         let id = r.id.clone();
+        if let Some(holder) = r.pid_holder.take() {
+            self.pidns.stop(&holder);
+            self.store.put(&r)?;
+        }
+        if r.pidns_requested && r.state == SandboxState::Creating {
+            self.pidns.stop_orphans(&id);
+        }
         if let Some(net) = r.network.clone() {
             let list = NetworkList::parse(Path::new("<recorded>"), &net.list.to_string()).map_err(
                 |source| SandboxError::Network {
@@ -650,6 +689,29 @@ mod tests {
         }
     }
 
+    impl PidNsOps for FakeHost {
+        fn start(&self, sandbox_id: &str) -> Result<crate::sandbox::pidns::PidHolder, PidNsError> {
+            self.live
+                .lock()
+                .unwrap()
+                .insert(PathBuf::from(format!("pidns-{sandbox_id}")));
+            Ok(crate::sandbox::pidns::PidHolder {
+                pid: 1,
+                start_ticks: 0,
+            })
+        }
+        fn stop(&self, _holder: &crate::sandbox::pidns::PidHolder) {
+            self.live
+                .lock()
+                .unwrap()
+                .retain(|p| !p.to_string_lossy().starts_with("pidns-"));
+        }
+        fn stop_orphans(&self, _sandbox_id: &str) {}
+        fn running(&self) -> Vec<String> {
+            Vec::new()
+        }
+    }
+
     #[derive(Default)]
     struct FakeNetwork {
         attached: Mutex<HashSet<String>>,
@@ -685,7 +747,15 @@ mod tests {
     }
 
     fn manager(root: &Path, host: Arc<FakeHost>, net: Arc<FakeNetwork>) -> SandboxManager {
-        SandboxManager::open(root, &root.join("state"), host.clone(), host, net).unwrap()
+        SandboxManager::open(
+            root,
+            &root.join("state"),
+            host.clone(),
+            host.clone(),
+            net,
+            host,
+        )
+        .unwrap()
     }
 
     fn config(name: &str) -> PodSandboxConfig {
@@ -713,7 +783,11 @@ mod tests {
         let r = m.store.get(&id).unwrap();
         assert_eq!(r.state, SandboxState::Ready);
         assert_eq!(r.ips(), ["10.1.0.7"]);
-        assert_eq!(host.live.lock().unwrap().len(), 4, "ipc, shm, uts, net");
+        assert_eq!(
+            host.live.lock().unwrap().len(),
+            5,
+            "ipc, shm, uts, net, pid holder"
+        );
         let hosts = fs::read_to_string(m.store.dir_of(&id).join("hosts")).unwrap();
         assert!(hosts.contains("10.1.0.7\tweb-0"), "{hosts}");
         assert!(matches!(

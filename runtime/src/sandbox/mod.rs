@@ -3,4 +3,5 @@
 pub mod cni;
 pub mod manager;
 pub mod netns;
+pub mod pidns;
 pub mod store;

@@ -98,6 +98,11 @@ pub struct SandboxRecord {
     pub shm: Option<PathBuf>,
     #[serde(default)]
     pub network: Option<NetworkAttachment>,
+    /// Set before the pod's PID namespace holder is started (so a crash can find and kill it).
+    #[serde(default)]
+    pub pidns_requested: bool,
+    #[serde(default)]
+    pub pid_holder: Option<crate::sandbox::pidns::PidHolder>,
 }
 
 impl SandboxRecord {
@@ -278,6 +283,8 @@ mod tests {
             utsns: None,
             shm: None,
             network: None,
+            pidns_requested: false,
+            pid_holder: None,
         }
     }
 

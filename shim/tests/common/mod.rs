@@ -8,6 +8,7 @@ use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use keelson_shim::protocol::{self, ShimClient, ShimFile};
@@ -19,9 +20,14 @@ use tempfile::TempDir;
 
 pub const SHIM: &str = env!("CARGO_BIN_EXE_keelson-shim");
 
+/// Live test containers of this test binary: the shared `/keelson-test` parent cgroups are
+/// removed only when the last one is dropped, never while another test is creating its own.
+static LIVE: Mutex<usize> = Mutex::new(0);
+
 /// Busybox applets linked into every test rootfs.
 const APPLETS: &[&str] = &[
-    "sh", "echo", "sleep", "cat", "ls", "id", "head", "tr", "printf", "pwd", "true", "env",
+    "sh", "echo", "sleep", "cat", "ls", "id", "head", "tr", "printf", "pwd", "true", "env", "grep",
+    "unshare", "chmod", "hostname", "readlink", "mount", "mkdir",
 ];
 
 pub fn is_root() -> bool {
@@ -114,6 +120,7 @@ impl TestContainer {
     }
 
     pub fn with_spec(name: &str, args: &[&str], adjust: impl FnOnce(&mut Spec)) -> Self {
+        *LIVE.lock().unwrap_or_else(|e| e.into_inner()) += 1;
         let id = container_id(name);
         let dir = tempfile::Builder::new()
             .prefix("keelson-shim-test-")
@@ -277,7 +284,9 @@ impl Drop for TestContainer {
                 nix::sys::signal::Signal::SIGKILL,
             );
         }
-        remove_cgroups(&self.id);
+        let mut live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
+        *live -= 1;
+        remove_cgroups(&self.id, *live == 0);
     }
 }
 
@@ -295,8 +304,9 @@ pub fn cgroup_dirs(id: &str) -> Vec<PathBuf> {
     dirs
 }
 
-/// Kill whatever is left in the container's cgroups and remove them.
-pub fn remove_cgroups(id: &str) {
+/// Kill whatever is left in the container's cgroups and remove them (and the shared
+/// `keelson-test` parents when `parents`).
+pub fn remove_cgroups(id: &str, parents: bool) {
     for dir in cgroup_dirs(id) {
         if let Ok(procs) = fs::read_to_string(dir.join("cgroup.procs")) {
             for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
@@ -311,7 +321,10 @@ pub fn remove_cgroups(id: &str) {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
-    // The shared parent goes when the last test's container is gone (rmdir fails otherwise).
+    // rmdir fails while another container (of another process) still uses the parent.
+    if !parents {
+        return;
+    }
     if let Ok(entries) = fs::read_dir("/sys/fs/cgroup") {
         for e in entries.flatten() {
             let _ = fs::remove_dir(e.path().join("keelson-test"));
@@ -341,6 +354,13 @@ pub fn parent_pid(pid: i32) -> Option<i32> {
         .nth(1)?
         .parse()
         .ok()
+}
+
+/// The process group and session of a process.
+pub fn group_and_session(pid: i32) -> Option<(i32, i32)> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace().skip(2);
+    Some((fields.next()?.parse().ok()?, fields.next()?.parse().ok()?))
 }
 
 /// Poll `f` until it returns `Some` or `timeout` passes.

@@ -10,7 +10,9 @@ mod detach;
 mod logging;
 mod monitor;
 mod oom;
+mod procinfo;
 mod signals;
+mod tenant;
 
 use std::process::ExitCode;
 
@@ -43,7 +45,8 @@ fn main() -> ExitCode {
         }
         Command::Run(args) => {
             detach::close_inherited_fds(args.ready_fd);
-            logging::init(cli.log_format, "info");
+            // libcgroups warns about every v1 controller the host lacks, on every start.
+            logging::init(cli.log_format, "info,libcgroups::v1::manager=error");
             commands::run::run(args)
         }
         Command::Exec(args) => {

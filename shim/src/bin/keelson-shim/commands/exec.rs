@@ -1,17 +1,14 @@
-//! `keelson-shim exec`: run one command in a running container (libcontainer tenant), capture
-//! its output with a cap, kill it at the deadline, print the result as JSON.
+//! `keelson-shim exec`: run one command in a running container (joined to its init with the
+//! container's process settings, seccomp included: see `tenant`), capture its output with a cap,
+//! kill it at the deadline, print the result as JSON.
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use keelson_shim::protocol::ExecResult;
-use libcontainer::container::builder::ContainerBuilder;
-use libcontainer::syscall::syscall::SyscallType;
 use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -21,8 +18,7 @@ use nix::unistd::{Pid, pipe2};
 use tracing::{info, warn};
 
 use crate::cli::ExecArgs;
-use crate::container::{self, ContainerError};
-use crate::signals;
+use crate::{signals, tenant};
 
 /// Most output kept per stream; the rest is read and discarded.
 pub const OUTPUT_CAP: usize = 16 * 1024 * 1024;
@@ -44,34 +40,6 @@ pub fn exec(args: ExecArgs) -> Result<()> {
         .write_all(&json)
         .context("failed to write the exec result")?;
     Ok(())
-}
-
-/// The container's process settings that an exec inherits.
-struct Inherited {
-    uid: u32,
-    gid: u32,
-    additional_gids: Vec<u32>,
-    cwd: PathBuf,
-    apparmor: Option<String>,
-}
-
-fn inherited(args: &ExecArgs, root: &std::path::Path) -> Result<Inherited> {
-    let container = container::load(root, &args.id)?;
-    let config = container.bundle().join("config.json");
-    let spec = oci_spec::runtime::Spec::load(&config)
-        .map_err(|e| anyhow!("failed to load {}: {e}", config.display()))?;
-    let process = spec
-        .process()
-        .as_ref()
-        .ok_or_else(|| anyhow!("{} has no process", config.display()))?;
-    let user = process.user();
-    Ok(Inherited {
-        uid: user.uid(),
-        gid: user.gid(),
-        additional_gids: user.additional_gids().clone().unwrap_or_default(),
-        cwd: args.cwd.clone().unwrap_or_else(|| process.cwd().clone()),
-        apparmor: process.apparmor_profile().clone(),
-    })
 }
 
 /// Output of one stream, capped.
@@ -158,7 +126,7 @@ fn run_exec(args: &ExecArgs) -> Result<ExecResult> {
             args.libcontainer_root.display()
         )
     })?;
-    let inherited = inherited(args, &root)?;
+    let prepared = tenant::prepare(args, &root)?;
 
     signals::prepare_for_container()?;
     let (stdout_r, stdout_w) = pipe2(OFlag::O_CLOEXEC).context("failed to create stdout pipe")?;
@@ -168,30 +136,12 @@ fn run_exec(args: &ExecArgs) -> Result<ExecResult> {
             .context("failed to make a pipe non-blocking")?;
     }
     let stdin = File::open("/dev/null").context("failed to open /dev/null")?;
-    let env: HashMap<String, String> = args.env.iter().cloned().collect();
-
-    let err =
-        |e: libcontainer::error::LibcontainerError| ContainerError::new("exec in", &args.id, &e);
-    let pid = ContainerBuilder::new(args.id.clone(), SyscallType::default())
-        .with_root_path(&root)
-        .map_err(err)?
-        .with_stdin(stdin)
-        .with_stdout(stdout_w)
-        .with_stderr(stderr_w)
-        .validate_id()
-        .map_err(err)?
-        .as_tenant()
-        .with_container_args(args.command.clone())
-        .with_env(env)
-        .with_cwd(Some(inherited.cwd))
-        .with_user(Some(inherited.uid))
-        .with_group(Some(inherited.gid))
-        .with_additional_gids(inherited.additional_gids)
-        .with_apparmor(inherited.apparmor)
-        .with_detach(false)
-        .build()
-        .map_err(err)?;
-    let pid = Pid::from_raw(pid.as_raw());
+    let stdio = tenant::Stdio {
+        stdin: stdin.into(),
+        stdout: stdout_w,
+        stderr: stderr_w,
+    };
+    let pid = tenant::spawn(prepared, stdio)?;
     info!(id = %args.id, pid = pid.as_raw(), "exec started");
 
     let signal_fd = signals::block_into_signalfd(&[

@@ -1,4 +1,0 @@
-//! Experiment: link keelson-shim as a non-PIE executable.
-fn main() {
-    println!("cargo:rustc-link-arg-bin=keelson-shim=-no-pie");
-}
