@@ -5,5 +5,6 @@ pub mod container;
 pub mod cri;
 pub mod fsutil;
 pub mod image;
+pub mod record_store;
 pub mod sandbox;
 pub mod server;

@@ -65,6 +65,8 @@ pub enum ContainerError {
     #[error(transparent)]
     Store(#[from] ContainerStoreError),
     #[error(transparent)]
+    Records(#[from] crate::record_store::RecordStoreError),
+    #[error(transparent)]
     Cgroup(#[from] CgroupError),
 }
 

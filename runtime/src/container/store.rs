@@ -1,22 +1,17 @@
 //! Container records: the lifecycle enum and a journal of host side effects, one versioned JSON
 //! file per container under `<root>/containers/<id>/`, rewritten atomically before each step.
 
-use crate::fsutil;
 use crate::image::digest::Digest;
+use crate::record_store::{Record, RecordStore};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
-use std::fs;
-use std::io;
-use std::path::{Path, PathBuf};
-use std::sync::RwLock;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 pub const CONTAINER_RECORD_VERSION: u32 = 1;
 
 /// What went wrong with container records.
 #[derive(Debug, thiserror::Error)]
 pub enum ContainerStoreError {
-    #[error("container store i/o on {path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
     #[error("container {id} cannot go from {from:?} to {to:?}")]
     Transition {
         id: String,
@@ -118,145 +113,28 @@ pub struct ContainerRecord {
     pub shim_launched: bool,
 }
 
-/// Records under `<root>/containers/<id>/container.json`, cached in memory.
-pub struct ContainerStore {
-    dir: PathBuf,
-    records: RwLock<HashMap<String, ContainerRecord>>,
+impl Record for ContainerRecord {
+    const DIR: &'static str = "containers";
+    const FILE: &'static str = "container.json";
+    const VERSION: u32 = CONTAINER_RECORD_VERSION;
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn version(&self) -> u32 {
+        self.version
+    }
+    fn created_at(&self) -> i64 {
+        self.created_at
+    }
 }
 
-impl ContainerStore {
-    pub fn open(root: &Path) -> Result<Self, ContainerStoreError> {
-        let dir = root.join("containers");
-        let io_err = |source| ContainerStoreError::Io {
-            path: dir.clone(),
-            source,
-        };
-        fs::create_dir_all(&dir).map_err(io_err)?;
-        let mut records = HashMap::new();
-        for entry in fs::read_dir(&dir).map_err(io_err)? {
-            let path = entry.map_err(io_err)?.path().join("container.json");
-            let Ok(data) = fs::read(&path) else { continue };
-            match serde_json::from_slice::<ContainerRecord>(&data) {
-                Ok(r) if r.version <= CONTAINER_RECORD_VERSION => {
-                    records.insert(r.id.clone(), r);
-                }
-                Ok(r) => {
-                    tracing::error!(path = %path.display(), version = r.version, "container record is newer than this runtime; ignoring it")
-                }
-                Err(e) => {
-                    tracing::error!(path = %path.display(), error = %e, "setting aside unreadable container record");
-                    let _ = fs::rename(&path, path.with_extension("json.corrupt"));
-                }
-            }
-        }
-        Ok(Self {
-            dir,
-            records: RwLock::new(records),
-        })
-    }
+/// Records under `<root>/containers/<id>/container.json`.
+pub type ContainerStore = RecordStore<ContainerRecord>;
 
-    /// The container's persistent directory (record, overlay upper and work dirs).
-    pub fn dir_of(&self, id: &str) -> PathBuf {
-        self.dir.join(id)
-    }
-
-    pub fn put(&self, r: &ContainerRecord) -> Result<(), ContainerStoreError> {
-        let dir = self.dir_of(&r.id);
-        fs::create_dir_all(&dir).map_err(|source| ContainerStoreError::Io {
-            path: dir.clone(),
-            source,
-        })?;
-        let path = dir.join("container.json");
-        let data = serde_json::to_vec_pretty(r).expect("container record serializes");
-        fsutil::write_atomic(&path, &data)
-            .map_err(|source| ContainerStoreError::Io { path, source })?;
-        self.records
-            .write()
-            .expect("container store lock")
-            .insert(r.id.clone(), r.clone());
-        Ok(())
-    }
-
-    pub fn get(&self, id: &str) -> Option<ContainerRecord> {
-        self.records
-            .read()
-            .expect("container store lock")
-            .get(id)
-            .cloned()
-    }
-
-    /// By full id or unique prefix.
-    pub fn find(&self, id: &str) -> Option<ContainerRecord> {
-        if id.is_empty() {
-            return None;
-        }
-        let records = self.records.read().expect("container store lock");
-        if let Some(r) = records.get(id) {
-            return Some(r.clone());
-        }
-        let mut matches = records.values().filter(|r| r.id.starts_with(id));
-        match (matches.next(), matches.next()) {
-            (Some(r), None) => Some(r.clone()),
-            _ => None,
-        }
-    }
-
-    pub fn list(&self) -> Vec<ContainerRecord> {
-        let mut v: Vec<ContainerRecord> = self
-            .records
-            .read()
-            .expect("container store lock")
-            .values()
-            .cloned()
-            .collect();
-        v.sort_by_key(|r| r.created_at);
-        v
-    }
-
+impl RecordStore<ContainerRecord> {
     /// Snapshots in use by any container (garbage-collection roots).
     pub fn snapshot_roots(&self) -> Vec<Digest> {
-        self.records
-            .read()
-            .expect("container store lock")
-            .values()
-            .flat_map(|r| r.chain_ids.clone())
-            .collect()
-    }
-
-    pub fn remove(&self, id: &str) -> Result<(), ContainerStoreError> {
-        let dir = self.dir_of(id);
-        match fs::remove_file(dir.join("container.json")) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                return Err(ContainerStoreError::Io {
-                    path: dir,
-                    source: e,
-                });
-            }
-            _ => {}
-        }
-        self.records
-            .write()
-            .expect("container store lock")
-            .remove(id);
-        match fs::remove_dir_all(&dir) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(ContainerStoreError::Io {
-                path: dir,
-                source: e,
-            }),
-            _ => Ok(()),
-        }
-    }
-
-    /// Directories with no record (a crash during removal).
-    pub fn orphan_dirs(&self) -> Vec<PathBuf> {
-        let records = self.records.read().expect("container store lock");
-        fs::read_dir(&self.dir)
-            .into_iter()
-            .flatten()
-            .filter_map(|e| e.ok())
-            .filter(|e| !records.contains_key(e.file_name().to_string_lossy().as_ref()))
-            .map(|e| e.path())
-            .collect()
+        self.list().into_iter().flat_map(|r| r.chain_ids).collect()
     }
 }
 

@@ -1,53 +1,25 @@
 //! `Status`: the RuntimeReady and NetworkReady conditions, computed from what is really there.
 
 use super::CriService;
+use crate::sandbox::cni::NetworkList;
 use keelson_cri::v1::{RuntimeCondition, RuntimeStatus, StatusRequest, StatusResponse};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use tonic::Status;
 
-/// Whether a CNI network could be set up from this host's configuration, and if not, why.
+/// Whether a CNI network could be set up from this host's configuration, and if not, why: the
+/// network RunPodSandbox would use (the CNI module picks it) and every plugin it names.
 pub fn cni_readiness(conf_dir: &Path, bin_dirs: &[PathBuf]) -> Result<String, String> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(conf_dir)
-        .map_err(|e| format!("cannot read CNI config dir {}: {e}", conf_dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.extension()
-                .is_some_and(|x| x == "conflist" || x == "conf" || x == "json")
-        })
-        .collect();
-    files.sort();
-    let first = files
-        .first()
-        .ok_or_else(|| format!("no CNI network config in {}", conf_dir.display()))?;
-    let text = std::fs::read_to_string(first)
-        .map_err(|e| format!("cannot read {}: {e}", first.display()))?;
-    let v: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| format!("invalid CNI config {}: {e}", first.display()))?;
-    let plugins: Vec<String> = match v.get("plugins").and_then(|p| p.as_array()) {
-        Some(list) => list
-            .iter()
-            .filter_map(|p| p.get("type")?.as_str().map(String::from))
-            .collect(),
-        None => v
-            .get("type")
-            .and_then(|t| t.as_str())
-            .map(String::from)
-            .into_iter()
-            .collect(),
-    };
-    if plugins.is_empty() {
-        return Err(format!("CNI config {} names no plugin", first.display()));
-    }
-    for p in &plugins {
-        if !bin_dirs.iter().any(|d| d.join(p).is_file()) {
+    let net = NetworkList::load_first(conf_dir).map_err(|e| e.to_string())?;
+    for plugin in net.plugins.iter().filter_map(|p| p.get("type")?.as_str()) {
+        if !bin_dirs.iter().any(|d| d.join(plugin).is_file()) {
             return Err(format!(
-                "CNI plugin {p:?} (from {}) not found in {bin_dirs:?}",
-                first.display()
+                "CNI plugin {plugin:?} (from {}) not found in {bin_dirs:?}",
+                net.path.display()
             ));
         }
     }
-    Ok(first.display().to_string())
+    Ok(net.path.display().to_string())
 }
 
 pub async fn handle(svc: &CriService, req: StatusRequest) -> Result<StatusResponse, Status> {

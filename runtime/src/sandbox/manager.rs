@@ -45,6 +45,8 @@ pub enum SandboxError {
     PidNamespace { id: String, source: PidNsError },
     #[error(transparent)]
     Store(#[from] SandboxStoreError),
+    #[error(transparent)]
+    Records(#[from] crate::record_store::RecordStoreError),
 }
 
 /// Mounting the pod's /dev/shm; faked in unit tests.

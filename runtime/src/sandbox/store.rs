@@ -1,21 +1,16 @@
 //! Pod sandbox records: the lifecycle enum and its journal of host side effects, one versioned
 //! JSON file per sandbox, rewritten atomically before every step that touches the host.
 
-use crate::fsutil;
+use crate::record_store::{Record, RecordStore};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
-use std::fs;
-use std::io;
-use std::path::{Path, PathBuf};
-use std::sync::RwLock;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 pub const SANDBOX_RECORD_VERSION: u32 = 1;
 
 /// What went wrong with sandbox records.
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxStoreError {
-    #[error("sandbox store i/o on {path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
     #[error("pod sandbox {id} cannot go from {from:?} to {to:?}")]
     Transition {
         id: String,
@@ -122,138 +117,23 @@ impl SandboxRecord {
     }
 }
 
-/// Records under `<root>/sandboxes/<id>/sandbox.json`, cached in memory.
-pub struct SandboxStore {
-    dir: PathBuf,
-    records: RwLock<HashMap<String, SandboxRecord>>,
-}
-
-impl SandboxStore {
-    /// Loads every record; an unreadable one is set aside as `sandbox.json.corrupt` and logged.
-    pub fn open(root: &Path) -> Result<Self, SandboxStoreError> {
-        let dir = root.join("sandboxes");
-        let io_err = |source| SandboxStoreError::Io {
-            path: dir.clone(),
-            source,
-        };
-        fs::create_dir_all(&dir).map_err(io_err)?;
-        let mut records = HashMap::new();
-        for entry in fs::read_dir(&dir).map_err(io_err)? {
-            let path = entry.map_err(io_err)?.path().join("sandbox.json");
-            let Ok(data) = fs::read(&path) else { continue };
-            match serde_json::from_slice::<SandboxRecord>(&data) {
-                Ok(r) if r.version <= SANDBOX_RECORD_VERSION => {
-                    records.insert(r.id.clone(), r);
-                }
-                Ok(r) => {
-                    tracing::error!(path = %path.display(), version = r.version, "sandbox record is newer than this runtime; ignoring it")
-                }
-                Err(e) => {
-                    tracing::error!(path = %path.display(), error = %e, "setting aside unreadable sandbox record");
-                    let _ = fs::rename(&path, path.with_extension("json.corrupt"));
-                }
-            }
-        }
-        Ok(Self {
-            dir,
-            records: RwLock::new(records),
-        })
+impl Record for SandboxRecord {
+    const DIR: &'static str = "sandboxes";
+    const FILE: &'static str = "sandbox.json";
+    const VERSION: u32 = SANDBOX_RECORD_VERSION;
+    fn id(&self) -> &str {
+        &self.id
     }
-
-    /// The directory for a sandbox's own files (record, hostname, hosts, resolv.conf).
-    pub fn dir_of(&self, id: &str) -> PathBuf {
-        self.dir.join(id)
+    fn version(&self) -> u32 {
+        self.version
     }
-
-    /// Persists and caches a record (creating its directory on first write).
-    pub fn put(&self, r: &SandboxRecord) -> Result<(), SandboxStoreError> {
-        let dir = self.dir_of(&r.id);
-        fs::create_dir_all(&dir).map_err(|source| SandboxStoreError::Io {
-            path: dir.clone(),
-            source,
-        })?;
-        let path = dir.join("sandbox.json");
-        let data = serde_json::to_vec_pretty(r).expect("sandbox record serializes");
-        fsutil::write_atomic(&path, &data)
-            .map_err(|source| SandboxStoreError::Io { path, source })?;
-        self.records
-            .write()
-            .expect("sandbox store lock")
-            .insert(r.id.clone(), r.clone());
-        Ok(())
-    }
-
-    pub fn get(&self, id: &str) -> Option<SandboxRecord> {
-        self.records
-            .read()
-            .expect("sandbox store lock")
-            .get(id)
-            .cloned()
-    }
-
-    /// The sandbox whose id is `id` or starts with it (unique prefix, as crictl users type).
-    pub fn find(&self, id: &str) -> Option<SandboxRecord> {
-        if id.is_empty() {
-            return None;
-        }
-        let records = self.records.read().expect("sandbox store lock");
-        if let Some(r) = records.get(id) {
-            return Some(r.clone());
-        }
-        let mut matches = records.values().filter(|r| r.id.starts_with(id));
-        match (matches.next(), matches.next()) {
-            (Some(r), None) => Some(r.clone()),
-            _ => None,
-        }
-    }
-
-    pub fn list(&self) -> Vec<SandboxRecord> {
-        let mut v: Vec<SandboxRecord> = self
-            .records
-            .read()
-            .expect("sandbox store lock")
-            .values()
-            .cloned()
-            .collect();
-        v.sort_by_key(|r| r.created_at);
-        v
-    }
-
-    /// Deletes the record and the sandbox's directory.
-    pub fn remove(&self, id: &str) -> Result<(), SandboxStoreError> {
-        let dir = self.dir_of(id);
-        // The record goes first (atomic), so a crash mid-removal leaves at most an orphan directory.
-        match fs::remove_file(dir.join("sandbox.json")) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                return Err(SandboxStoreError::Io {
-                    path: dir,
-                    source: e,
-                });
-            }
-            _ => {}
-        }
-        self.records.write().expect("sandbox store lock").remove(id);
-        match fs::remove_dir_all(&dir) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(SandboxStoreError::Io {
-                path: dir,
-                source: e,
-            }),
-            _ => Ok(()),
-        }
-    }
-
-    /// Directories with no record (a crash during removal): safe to delete.
-    pub fn orphan_dirs(&self) -> Vec<PathBuf> {
-        let records = self.records.read().expect("sandbox store lock");
-        fs::read_dir(&self.dir)
-            .into_iter()
-            .flatten()
-            .filter_map(|e| e.ok())
-            .filter(|e| !records.contains_key(e.file_name().to_string_lossy().as_ref()))
-            .map(|e| e.path())
-            .collect()
+    fn created_at(&self) -> i64 {
+        self.created_at
     }
 }
+
+/// Records under `<root>/sandboxes/<id>/sandbox.json`.
+pub type SandboxStore = RecordStore<SandboxRecord>;
 
 #[cfg(test)]
 mod tests {
@@ -315,15 +195,5 @@ mod tests {
         assert!(!s.dir_of("abc123").exists());
         assert_eq!(SandboxStore::open(root.path()).unwrap().list().len(), 1);
         s.remove("abc123").unwrap();
-    }
-
-    #[test]
-    fn orphan_directories_are_found() {
-        let root = tempfile::tempdir().unwrap();
-        let s = SandboxStore::open(root.path()).unwrap();
-        s.put(&record("keep")).unwrap();
-        fs::create_dir_all(root.path().join("sandboxes/lost")).unwrap();
-        let orphans = s.orphan_dirs();
-        assert_eq!(orphans, vec![root.path().join("sandboxes/lost")]);
     }
 }
