@@ -47,7 +47,11 @@ test:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) build --workspace --bins
-	$(CARGO) test --workspace
+	@# cargo's last line is often an empty doc-test run: end with the totals of every test binary.
+	@mkdir -p target; status=0; \
+	$(CARGO) test --workspace 2>&1 | tee target/test-output.log || status=$$?; \
+	awk '/^test result:/ { p += $$4; f += $$6; i += $$8 } END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, i }' target/test-output.log; \
+	exit $$status
 
 bench: release
 	@command -v skopeo >/dev/null || { \
