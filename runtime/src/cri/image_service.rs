@@ -25,7 +25,8 @@ impl ImageService for CriService {
         &self,
         request: Request<PullImageRequest>,
     ) -> Result<Response<PullImageResponse>, Status> {
-        super::pull_image::handle(self, request.into_inner())
+        let deadline = super::pull_image::grpc_timeout(request.metadata());
+        super::pull_image::handle(self, request.into_inner(), deadline)
             .await
             .map(Response::new)
     }
