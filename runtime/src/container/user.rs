@@ -28,15 +28,16 @@ pub struct GroupEntry {
     pub members: Vec<String>,
 }
 
+/// The entry lines of a passwd/group file: no blank lines, comments or NIS `+`/`-` lines (as libc).
+fn entry_lines(text: &str) -> impl Iterator<Item = &str> {
+    text.lines().filter(|l| {
+        !l.trim().is_empty() && !l.starts_with('#') && !l.starts_with('+') && !l.starts_with('-')
+    })
+}
+
 /// Parses `/etc/passwd`, skipping comments, NIS `+`/`-` lines and malformed lines (as libc does).
 pub fn parse_passwd(text: &str) -> Vec<PasswdEntry> {
-    text.lines()
-        .filter(|l| {
-            !l.trim().is_empty()
-                && !l.starts_with('#')
-                && !l.starts_with('+')
-                && !l.starts_with('-')
-        })
+    entry_lines(text)
         .filter_map(|l| {
             let f: Vec<&str> = l.split(':').collect();
             if f.len() < 4 || f[0].is_empty() {
@@ -53,13 +54,7 @@ pub fn parse_passwd(text: &str) -> Vec<PasswdEntry> {
 
 /// Parses `/etc/group` the same way.
 pub fn parse_group(text: &str) -> Vec<GroupEntry> {
-    text.lines()
-        .filter(|l| {
-            !l.trim().is_empty()
-                && !l.starts_with('#')
-                && !l.starts_with('+')
-                && !l.starts_with('-')
-        })
+    entry_lines(text)
         .filter_map(|l| {
             let f: Vec<&str> = l.split(':').collect();
             if f.len() < 3 || f[0].is_empty() {
