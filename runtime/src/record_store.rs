@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::RwLock;
+use std::sync::{Arc, Mutex, RwLock};
 
 /// A kind of record kept by a [`RecordStore`].
 pub trait Record: Serialize + DeserializeOwned + Clone {
@@ -36,6 +36,8 @@ pub struct RecordStoreError {
 pub struct RecordStore<T: Record> {
     dir: PathBuf,
     records: RwLock<HashMap<String, T>>,
+    /// One lock per record for [`RecordStore::locked`]; an entry nobody holds is dropped.
+    locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
 }
 
 impl<T: Record> RecordStore<T> {
@@ -72,6 +74,7 @@ impl<T: Record> RecordStore<T> {
         Ok(Self {
             dir,
             records: RwLock::new(records),
+            locks: Mutex::new(HashMap::new()),
         })
     }
 
@@ -116,6 +119,22 @@ impl<T: Record> RecordStore<T> {
             (Some(r), None) => Some(r.clone()),
             _ => None,
         }
+    }
+
+    /// Runs `f` on the current record of `id` (full id or unique prefix), re-read once the
+    /// record's lock is held, so operations on one object never interleave. `f` gets `None`
+    /// when there is no such record, before or after the wait. Calls must not nest for one id.
+    pub fn locked<R>(&self, id: &str, f: impl FnOnce(Option<T>) -> R) -> R {
+        let Some(found) = self.find(id) else {
+            return f(None);
+        };
+        let lock = {
+            let mut locks = self.locks.lock().expect("record lock map");
+            locks.retain(|_, l| Arc::strong_count(l) > 1);
+            locks.entry(found.id().to_string()).or_default().clone()
+        };
+        let _held = lock.lock().expect("record lock");
+        f(self.get(found.id()))
     }
 
     /// Every record, oldest first.
@@ -222,6 +241,32 @@ mod tests {
                 .len(),
             1
         );
+    }
+
+    #[test]
+    fn locked_serialises_one_record_and_sees_its_latest_state() {
+        let root = tempfile::tempdir().unwrap();
+        let s = Arc::new(RecordStore::<Thing>::open(root.path()).unwrap());
+        s.put(&thing("abc123", 0)).unwrap();
+        assert!(s.locked("nope", |r| r.is_none()));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let s = s.clone();
+                std::thread::spawn(move || {
+                    s.locked("abc", |r| {
+                        // A read-modify-write that would lose updates if two ran at once.
+                        let mut t = r.unwrap();
+                        std::thread::sleep(std::time::Duration::from_millis(2));
+                        t.at += 1;
+                        s.put(&t).unwrap();
+                    })
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(s.get("abc123").unwrap().at, 8);
     }
 
     #[test]

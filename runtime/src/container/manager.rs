@@ -24,7 +24,6 @@ use keelson_cri::v1::{ContainerConfig, LinuxContainerResources, NamespaceMode};
 use keelson_shim::protocol::{self, ExitInfo, Request, Response};
 use nix::mount::{MntFlags, MsFlags};
 use prost::Message;
-use std::collections::HashMap;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -159,7 +158,6 @@ pub struct ContainerManager {
     cgroup_driver: CgroupDriver,
     /// Held while checking and reserving a container name.
     names: Mutex<()>,
-    locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
     /// Lifecycle events for GetContainerEvents.
     pub events: Arc<EventHub>,
 }
@@ -197,7 +195,6 @@ impl ContainerManager {
             shim,
             cgroup_driver,
             names: Mutex::new(()),
-            locks: Mutex::new(HashMap::new()),
             events: Arc::new(EventHub::default()),
         };
         m.recover();
@@ -211,12 +208,6 @@ impl ContainerManager {
     /// `<state>/s/<first 32 hex of the id>`: its `shim.sock` stays far below the socket path limit.
     fn shim_dir(&self, id: &str) -> PathBuf {
         self.shims_dir.join(&id[..id.len().min(32)])
-    }
-
-    fn lock_of(&self, id: &str) -> Arc<Mutex<()>> {
-        let mut map = self.locks.lock().expect("container lock map");
-        map.retain(|_, l| Arc::strong_count(l) > 1);
-        map.entry(id.to_string()).or_default().clone()
     }
 
     /// Tells event subscribers, if any, what happened to a container of `sandbox_id`.
@@ -575,16 +566,13 @@ impl ContainerManager {
 
     /// StartContainer.
     pub fn start(&self, id: &str) -> Result<(), ContainerError> {
-        let r = self
-            .find(id)
-            .ok_or_else(|| ContainerError::NotFound(id.into()))?;
-        let lock = self.lock_of(&r.id);
-        let _guard = lock.lock().expect("container lock");
-        let mut r = self.refresh(
-            self.store
-                .get(&r.id)
-                .ok_or_else(|| ContainerError::NotFound(id.into()))?,
-        );
+        self.store.locked(id, |r| {
+            let r = r.ok_or_else(|| ContainerError::NotFound(id.into()))?;
+            self.start_locked(self.refresh(r))
+        })
+    }
+
+    fn start_locked(&self, mut r: ContainerRecord) -> Result<(), ContainerError> {
         if r.state != ContainerState::Created {
             return Err(ContainerError::WrongState {
                 id: r.id,
@@ -605,14 +593,13 @@ impl ContainerManager {
 
     /// StopContainer: the image's stop signal, then SIGKILL after `timeout`. Idempotent.
     pub fn stop(&self, id: &str, timeout: Duration) -> Result<(), ContainerError> {
-        let Some(r) = self.find(id) else {
-            return Ok(());
-        };
-        let lock = self.lock_of(&r.id);
-        let _guard = lock.lock().expect("container lock");
-        let Some(r) = self.store.get(&r.id).map(|r| self.refresh(r)) else {
-            return Ok(());
-        };
+        self.store.locked(id, |r| match r {
+            Some(r) => self.stop_locked(self.refresh(r), timeout),
+            None => Ok(()),
+        })
+    }
+
+    fn stop_locked(&self, r: ContainerRecord, timeout: Duration) -> Result<(), ContainerError> {
         if !matches!(r.state, ContainerState::Created | ContainerState::Running) {
             return Ok(());
         }
@@ -666,14 +653,12 @@ impl ContainerManager {
             return Ok(());
         };
         self.stop(&r.id, Duration::ZERO)?;
-        let lock = self.lock_of(&r.id);
-        let _guard = lock.lock().expect("container lock");
-        let Some(r) = self.store.get(&r.id) else {
-            return Ok(());
-        };
-        self.destroy(&r)?;
-        self.emit(&r.id, &r.sandbox_id, ContainerEventKind::Deleted);
-        Ok(())
+        self.store.locked(&r.id, |r| {
+            let Some(r) = r else { return Ok(()) };
+            self.destroy(&r)?;
+            self.emit(&r.id, &r.sandbox_id, ContainerEventKind::Deleted);
+            Ok(())
+        })
     }
 
     /// The `linux.cgroupsPath` the container's OCI bundle was created with.
@@ -693,16 +678,18 @@ impl ContainerManager {
         res: &LinuxContainerResources,
         cgroups: &dyn CgroupWriter,
     ) -> Result<(), ContainerError> {
-        let r = self
-            .find(id)
-            .ok_or_else(|| ContainerError::NotFound(id.into()))?;
-        let lock = self.lock_of(&r.id);
-        let _guard = lock.lock().expect("container lock");
-        let mut r = self.refresh(
-            self.store
-                .get(&r.id)
-                .ok_or_else(|| ContainerError::NotFound(id.into()))?,
-        );
+        self.store.locked(id, |r| {
+            let r = r.ok_or_else(|| ContainerError::NotFound(id.into()))?;
+            self.update_resources_locked(self.refresh(r), res, cgroups)
+        })
+    }
+
+    fn update_resources_locked(
+        &self,
+        mut r: ContainerRecord,
+        res: &LinuxContainerResources,
+        cgroups: &dyn CgroupWriter,
+    ) -> Result<(), ContainerError> {
         let owner = format!("container {}", r.id);
         cgroups::validate_resources(&owner, res, cgroups.version())?;
         match r.state {

@@ -18,7 +18,6 @@ use base64::Engine;
 use keelson_cri::v1::{PodSandboxConfig, Protocol};
 use nix::mount::{MntFlags, MsFlags};
 use prost::Message;
-use std::collections::HashMap;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -207,8 +206,6 @@ pub struct SandboxManager {
     shm: Arc<dyn ShmOps>,
     network: Arc<dyn PodNetwork>,
     pidns: Arc<dyn PidNsOps>,
-    /// Serialises stop/remove per sandbox id.
-    locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
     /// Held while checking and reserving a pod's name.
     names: Mutex<()>,
 }
@@ -231,7 +228,6 @@ impl SandboxManager {
             shm,
             network,
             pidns,
-            locks: Mutex::new(HashMap::new()),
             names: Mutex::new(()),
         };
         m.recover();
@@ -273,12 +269,6 @@ impl SandboxManager {
                 }
             }
         }
-    }
-
-    fn lock_of(&self, id: &str) -> Arc<Mutex<()>> {
-        let mut map = self.locks.lock().expect("sandbox lock map");
-        map.retain(|_, l| Arc::strong_count(l) > 1);
-        map.entry(id.to_string()).or_default().clone()
     }
 
     fn runtime_dir(&self, id: &str) -> PathBuf {
@@ -588,18 +578,13 @@ impl SandboxManager {
     /// StopPodSandbox: releases the network and namespaces; the record stays, NotReady.
     /// Unknown ids succeed (critest and kubelet expect idempotence).
     pub fn stop(&self, id: &str) -> Result<(), SandboxError> {
-        let Some(r) = self.store.find(id) else {
-            return Ok(());
-        };
-        let lock = self.lock_of(&r.id);
-        let _guard = lock.lock().expect("sandbox lock");
-        let Some(r) = self.store.get(&r.id) else {
-            return Ok(());
-        };
-        let mut r = self.teardown(r)?;
-        r.state = r.state.stopped();
-        self.store.put(&r)?;
-        Ok(())
+        self.store.locked(id, |r| {
+            let Some(r) = r else { return Ok(()) };
+            let mut r = self.teardown(r)?;
+            r.state = r.state.stopped();
+            self.store.put(&r)?;
+            Ok(())
+        })
     }
 
     /// RemovePodSandbox: stops the sandbox if needed and deletes it. Unknown ids succeed.
@@ -608,10 +593,10 @@ impl SandboxManager {
             return Ok(());
         };
         self.stop(&r.id)?;
-        let lock = self.lock_of(&r.id);
-        let _guard = lock.lock().expect("sandbox lock");
-        self.store.remove(&r.id)?;
-        Ok(())
+        self.store.locked(&r.id, |r| match r {
+            Some(r) => Ok(self.store.remove(&r.id)?),
+            None => Ok(()),
+        })
     }
 }
 
