@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use crate::daemon::{DaemonOptions, runtime_bin};
-use crate::registry::{REGISTRY_BIN, free_port};
+use crate::registry::spawn_on_free_port;
 
 /// A temporary `certs.d`: one folder per registry (`host:port`), each with a `hosts.toml`.
 pub struct CertsDir {
@@ -104,45 +104,19 @@ impl TlsRegistry {
             .prefix("keelson-tls-registry-")
             .tempdir()
             .context("creating the TLS registry's directory")?;
-        let mut last_error = None;
-        for _attempt in 0..8 {
-            let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-            let config = dir.path().join("config.yml");
-            std::fs::write(
-                &config,
+        let (child, addr) = spawn_on_free_port(
+            dir.path(),
+            |addr| {
                 format!(
                     "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  maintenance:\n    uploadpurging:\n      enabled: false\nhttp:\n  addr: {addr}\n  secret: keelson-test-secret\n  tls:\n    certificate: {}\n    key: {}\n",
                     storage.display(),
                     cert.display(),
                     key.display()
-                ),
-            )?;
-            let log_path = dir.path().join("registry.log");
-            let log = std::fs::File::create(&log_path)?;
-            let mut cmd = Command::new(REGISTRY_BIN);
-            cmd.arg("serve")
-                .arg(&config)
-                .stdin(Stdio::null())
-                .stdout(log.try_clone()?)
-                .stderr(log);
-            let mut child = crate::spawn_tied(cmd).with_context(|| {
-                format!("spawning {REGISTRY_BIN} (apt-get install docker-registry)")
-            })?;
-            match wait_listening(&mut child, addr, Duration::from_secs(10)) {
-                Ok(()) => return Ok(TlsRegistry { child, addr, dir }),
-                Err(e) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-                    let in_use = log.contains("address already in use");
-                    last_error = Some(e.context(format!("registry log:\n{log}")));
-                    if !in_use {
-                        break;
-                    }
-                }
-            }
-        }
-        Err(last_error.unwrap_or_else(|| anyhow::anyhow!("TLS registry did not start")))
+                )
+            },
+            |child, addr| wait_listening(child, addr, Duration::from_secs(10)),
+        )?;
+        Ok(TlsRegistry { child, addr, dir })
     }
 
     /// `127.0.0.1:PORT`.

@@ -62,56 +62,23 @@ impl Registry {
             }
             None => String::new(),
         };
-        let mut last_error = None;
-        for _attempt in 0..8 {
-            let port = free_port()?;
-            let addr = SocketAddr::from(([127, 0, 0, 1], port));
-            let config = dir.path().join("config.yml");
-            std::fs::write(
-                &config,
+        let auth = credentials.is_some();
+        let (child, addr) = spawn_on_free_port(
+            dir.path(),
+            |addr| {
                 format!(
                     "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n  maintenance:\n    uploadpurging:\n      enabled: false\nhttp:\n  addr: {addr}\n  secret: keelson-test-secret\n{auth_yaml}",
                     storage.display()
-                ),
-            )?;
-            let log_path = dir.path().join("registry.log");
-            let log = std::fs::File::create(&log_path)?;
-            let mut cmd = Command::new(REGISTRY_BIN);
-            cmd.arg("serve")
-                .arg(&config)
-                .stdin(Stdio::null())
-                .stdout(log.try_clone()?)
-                .stderr(log);
-            let mut child = crate::spawn_tied(cmd).with_context(|| {
-                format!("spawning {REGISTRY_BIN} (apt-get install docker-registry)")
-            })?;
-            match wait_ready(
-                &mut child,
-                addr,
-                credentials.is_some(),
-                Duration::from_secs(10),
-            ) {
-                Ok(()) => {
-                    return Ok(Registry {
-                        child,
-                        addr,
-                        dir,
-                        credentials,
-                    });
-                }
-                Err(e) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-                    let in_use = log.contains("address already in use");
-                    last_error = Some(e.context(format!("registry log:\n{log}")));
-                    if !in_use {
-                        break;
-                    }
-                }
-            }
-        }
-        Err(last_error.unwrap_or_else(|| anyhow::anyhow!("registry did not start")))
+                )
+            },
+            |child, addr| wait_ready(child, addr, auth, Duration::from_secs(10)),
+        )?;
+        Ok(Registry {
+            child,
+            addr,
+            dir,
+            credentials,
+        })
     }
 
     /// The listening address (127.0.0.1:PORT).
@@ -204,6 +171,47 @@ fn write_htpasswd(path: &Path, c: &Credentials) -> Result<()> {
 }
 
 /// Polls `GET /v2/` until it answers 200 (or 401 when auth is on), or the child exits.
+/// Starts Debian's `docker-registry` with the config `config` makes for a free loopback port,
+/// choosing another port when one was taken between picking and binding (up to 8 tries).
+/// `ready` waits until it serves; its log is in `dir/registry.log`.
+pub(crate) fn spawn_on_free_port(
+    dir: &Path,
+    config: impl Fn(SocketAddr) -> String,
+    ready: impl Fn(&mut Child, SocketAddr) -> Result<()>,
+) -> Result<(Child, SocketAddr)> {
+    let mut last_error = None;
+    for _attempt in 0..8 {
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        let config_path = dir.join("config.yml");
+        std::fs::write(&config_path, config(addr))?;
+        let log_path = dir.join("registry.log");
+        let log = std::fs::File::create(&log_path)?;
+        let mut cmd = Command::new(REGISTRY_BIN);
+        cmd.arg("serve")
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        let mut child = crate::spawn_tied(cmd).with_context(|| {
+            format!("spawning {REGISTRY_BIN} (apt-get install docker-registry)")
+        })?;
+        match ready(&mut child, addr) {
+            Ok(()) => return Ok((child, addr)),
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                let in_use = log.contains("address already in use");
+                last_error = Some(e.context(format!("registry log:\n{log}")));
+                if !in_use {
+                    break;
+                }
+            }
+        }
+    }
+    Err(last_error.unwrap_or_else(|| anyhow::anyhow!("registry did not start")))
+}
+
 fn wait_ready(child: &mut Child, addr: SocketAddr, auth: bool, timeout: Duration) -> Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
