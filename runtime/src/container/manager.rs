@@ -393,6 +393,7 @@ impl ContainerManager {
             stop_signal: image.config.stop_signal.clone(),
             rootfs: None,
             shim_launched: false,
+            cgroups_path: None,
         };
         {
             let _reserve = self.names.lock().expect("container name lock");
@@ -534,6 +535,11 @@ impl ContainerManager {
         let mut spec = spec::container_spec(&inputs)?;
         adapt_for_libcontainer(&mut spec, inputs.unified_cgroups);
         restrict_capabilities(&mut spec, own_bounding_set());
+        r.cgroups_path = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.cgroups_path().as_ref())
+            .map(|p| p.display().to_string());
         let spec_json = serde_json::to_vec_pretty(&spec).expect("oci spec serializes");
         fs::write(bundle.join("config.json"), spec_json).map_err(io_err("writing config.json"))?;
 
@@ -663,6 +669,10 @@ impl ContainerManager {
 
     /// The `linux.cgroupsPath` the container's OCI bundle was created with.
     pub fn cgroups_path(&self, id: &str) -> Option<String> {
+        if let Some(path) = self.store.get(id).and_then(|r| r.cgroups_path) {
+            return Some(path);
+        }
+        // Records written before the path was recorded: read it from the bundle.
         let spec = fs::read(self.bundle_dir(id).join("config.json")).ok()?;
         let spec: serde_json::Value = serde_json::from_slice(&spec).ok()?;
         spec.pointer("/linux/cgroupsPath")?

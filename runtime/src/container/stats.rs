@@ -678,6 +678,7 @@ mod tests {
             stop_signal: None,
             rootfs: None,
             shim_launched: true,
+            cgroups_path: None,
         }
     }
 

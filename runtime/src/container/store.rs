@@ -111,6 +111,9 @@ pub struct ContainerRecord {
     /// Set before the shim is launched: recovery must then ask it (or libcontainer) to clean up.
     #[serde(default)]
     pub shim_launched: bool,
+    /// The OCI spec's `linux.cgroupsPath`, kept so stats and updates need not re-read the bundle.
+    #[serde(default)]
+    pub cgroups_path: Option<String>,
 }
 
 impl Record for ContainerRecord {
@@ -194,6 +197,7 @@ mod tests {
             stop_signal: None,
             rootfs: None,
             shim_launched: false,
+            cgroups_path: None,
         };
         s.put(&r).unwrap();
         let s = ContainerStore::open(root.path()).unwrap();
