@@ -13,6 +13,7 @@ pub mod mirror_support;
 pub mod oci;
 pub mod pods;
 pub mod registry;
+pub mod streaming;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,5 +1,6 @@
 //! Runtime daemon settings: defaults, overridden by the TOML config file, overridden by flags.
 
+use crate::streaming::StreamingOptions;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
@@ -10,6 +11,8 @@ pub const DEFAULT_CONFIG: &str = "/etc/keelson/runtime.toml";
 pub const DEFAULT_CNI_CONF_DIR: &str = "/etc/cni/net.d";
 pub const DEFAULT_CNI_BIN_DIRS: &str = "/opt/cni/bin:/usr/lib/cni";
 pub const DEFAULT_REGISTRY_CONFIG_DIR: &str = "/etc/keelson/certs.d";
+/// Loopback, any free port: the node agent on this host is the streaming server's client.
+pub const DEFAULT_STREAM_ADDRESS: &str = "127.0.0.1:0";
 
 /// Why the configuration could not be assembled.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +69,10 @@ pub struct FileConfig {
     pub registry_credentials: Option<PathBuf>,
     pub cgroup_driver: Option<String>,
     pub max_concurrent_downloads: Option<usize>,
+    /// `HOST:PORT` of the exec/attach/port-forward streaming server.
+    pub stream_address: Option<String>,
+    pub stream_tls_cert: Option<PathBuf>,
+    pub stream_tls_key: Option<PathBuf>,
 }
 
 impl FileConfig {
@@ -104,6 +111,8 @@ pub struct RuntimeConfig {
     pub registry_credentials: Option<PathBuf>,
     pub cgroup_driver: CgroupDriver,
     pub max_concurrent_downloads: usize,
+    /// The streaming server's listen address and optional TLS.
+    pub streaming: StreamingOptions,
 }
 
 /// Values given on the command line; `None` = not given.
@@ -118,6 +127,9 @@ pub struct FlagOverrides {
     pub registry_config_dir: Option<PathBuf>,
     pub registry_credentials: Option<PathBuf>,
     pub cgroup_driver: Option<String>,
+    pub stream_address: Option<String>,
+    pub stream_tls_cert: Option<PathBuf>,
+    pub stream_tls_key: Option<PathBuf>,
 }
 
 /// Accepts `unix:///path` as well as a plain path, as crictl users write either.
@@ -177,6 +189,14 @@ impl RuntimeConfig {
             registry_credentials: flags.registry_credentials.or(file.registry_credentials),
             cgroup_driver: CgroupDriver::resolve(&driver, systemd_booted)?,
             max_concurrent_downloads: file.max_concurrent_downloads.unwrap_or(4).clamp(1, 32),
+            streaming: StreamingOptions {
+                address: flags
+                    .stream_address
+                    .or(file.stream_address)
+                    .unwrap_or_else(|| DEFAULT_STREAM_ADDRESS.into()),
+                tls_cert: flags.stream_tls_cert.or(file.stream_tls_cert),
+                tls_key: flags.stream_tls_key.or(file.stream_tls_key),
+            },
         })
     }
 }
@@ -203,6 +223,8 @@ mod tests {
         assert_eq!(c.state, PathBuf::from(DEFAULT_STATE));
         assert_eq!(c.insecure_registries, vec!["reg:5000", "other:80"]);
         assert_eq!(c.cgroup_driver, CgroupDriver::Systemd);
+        assert_eq!(c.streaming.address, DEFAULT_STREAM_ADDRESS);
+        assert_eq!(c.streaming.tls_cert, None);
         assert_eq!(
             c.cni_bin_dirs,
             vec![PathBuf::from("/opt/cni/bin"), PathBuf::from("/usr/lib/cni")]

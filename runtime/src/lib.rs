@@ -8,3 +8,4 @@ pub mod image;
 pub mod record_store;
 pub mod sandbox;
 pub mod server;
+pub mod streaming;

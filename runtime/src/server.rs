@@ -11,6 +11,7 @@ use crate::sandbox::cni::{Cni, ProcessExec};
 use crate::sandbox::manager::{CniNetwork, KernelShm, SandboxManager};
 use crate::sandbox::netns::KernelNetns;
 use crate::sandbox::pidns::ProcessPidNs;
+use crate::streaming::StreamingServer;
 use keelson_cri::admin::runtime_admin_server::RuntimeAdminServer;
 use keelson_cri::{ImageServiceServer, RuntimeServiceServer};
 use std::fs::{self, File, OpenOptions};
@@ -39,6 +40,8 @@ pub enum ServeError {
     Sandboxes(String),
     #[error("cannot open the container store: {0}")]
     Containers(String),
+    #[error("cannot start the streaming server: {0}")]
+    Streaming(String),
     #[error("grpc server failed: {0}")]
     Grpc(#[from] tonic::transport::Error),
 }
@@ -185,9 +188,14 @@ pub async fn serve(config: RuntimeConfig) -> Result<(), ServeError> {
     // Content a crash left unreferenced (a pull killed before its record was written) goes now,
     // once the containers' layers are known to the collector.
     images.schedule_gc();
+    let streaming =
+        StreamingServer::start(&config.streaming, containers.clone(), sandboxes.clone())
+            .await
+            .map_err(|e| ServeError::Streaming(e.to_string()))?;
     let listener = bind_socket(&config.socket)?;
     let socket = config.socket.clone();
-    let svc = CriService::new(images, sandboxes, containers, Arc::new(config));
+    let svc =
+        CriService::new(images, sandboxes, containers, Arc::new(config)).with_streaming(streaming);
     tracing::info!(socket = %socket.display(), "serving CRI v1");
     let result = tonic::transport::Server::builder()
         .add_service(RuntimeServiceServer::new(svc.clone()).max_decoding_message_size(16 << 20))

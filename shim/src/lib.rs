@@ -12,13 +12,16 @@
 //! ```text
 //! <state-dir>/shim.sock   unix stream socket, newline-delimited JSON requests/responses (v1)
 //! <state-dir>/shim.json   {"v":1,"id":..,"shim_pid":..,"init_pid":..,..}  written once the container is created
+//! <state-dir>/attach.sock unix stream socket, binary attach frames (see [`attach`]): container
+//!                         stdin/stdout/stderr, terminal resizes, the exit code
 //! <state-dir>/exit.json   {"v":1,"exit_code":..,"exited_at_unix_nanos":..,"reason":..,"message":..}
 //!                         written (temp + fsync + rename) when the container's init has exited
 //! ```
 
+pub mod attach;
 pub mod protocol;
 
 pub use protocol::{
     ContainerStatus, ErrorKind, ErrorReply, ExecResult, ExitInfo, ExitReason, PROTOCOL_VERSION,
-    ProtocolError, Request, Response, ShimClient, ShimFile, StateInfo,
+    ProtocolError, Request, Response, ShimClient, ShimFile, StateInfo, StreamExecResult,
 };

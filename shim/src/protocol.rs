@@ -479,6 +479,35 @@ impl ExecResult {
     }
 }
 
+/// What `keelson-shim exec --stream` writes to its `--result-fd` (one JSON line) before it exits
+/// 0: the exit code when the process ran, else why it could not be started.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct StreamExecResult {
+    /// The process's exit code; 128+N when a signal N killed it (137 after a timeout or a
+    /// cancellation). `None` when it never ran.
+    pub exit_code: Option<i32>,
+    /// Why the process could not be started (names the container id). `None` when it ran.
+    pub error: Option<String>,
+}
+
+impl StreamExecResult {
+    /// The process ran and ended with `exit_code`.
+    pub fn exited(exit_code: i32) -> Self {
+        StreamExecResult {
+            exit_code: Some(exit_code),
+            error: None,
+        }
+    }
+
+    /// The process could not be started.
+    pub fn failed(error: impl Into<String>) -> Self {
+        StreamExecResult {
+            exit_code: None,
+            error: Some(error.into()),
+        }
+    }
+}
+
 fn decode_b64(stream: &'static str, text: &str) -> Result<Vec<u8>, ProtocolError> {
     base64::engine::general_purpose::STANDARD
         .decode(text)
@@ -862,5 +891,26 @@ mod tests {
             ShimClient::connect_with_timeout(&path, Some(Duration::from_millis(50))).unwrap();
         let err = client.wait(Some(Duration::from_millis(50))).unwrap_err();
         assert!(err.is_timeout(), "{err}");
+    }
+
+    #[test]
+    fn stream_exec_result_json() {
+        let ran = StreamExecResult::exited(130);
+        let json = serde_json::to_string(&ran).unwrap();
+        assert_eq!(json, r#"{"exit_code":130,"error":null}"#);
+        assert_eq!(
+            serde_json::from_str::<StreamExecResult>(&json).unwrap(),
+            ran
+        );
+        let failed = StreamExecResult::failed("container c1 is not running (status: stopped)");
+        let json = serde_json::to_string(&failed).unwrap();
+        assert_eq!(
+            json,
+            r#"{"exit_code":null,"error":"container c1 is not running (status: stopped)"}"#
+        );
+        assert_eq!(
+            serde_json::from_str::<StreamExecResult>(&json).unwrap(),
+            failed
+        );
     }
 }

@@ -295,9 +295,21 @@ fn create_errors_reach_the_ready_pipe() {
     assert!(!c.libcontainer_dir().exists());
     assert!(c.cgroup_dirs().is_empty());
 
+    // --tty and process.terminal must agree (libcontainer needs a console socket exactly then).
     let mut c = TestContainer::new("tty", &["sh"]);
     let line = c.spawn_shim(&["--tty"]);
-    assert!(line.contains("tty not supported yet"), "{line:?}");
+    assert!(
+        line.contains("--tty needs process.terminal true"),
+        "{line:?}"
+    );
+    assert!(line.contains(&c.id), "{line:?}");
+    let mut c = TestContainer::with_spec("terminal", &["sh"], |spec| {
+        let mut process = spec.process().clone().unwrap();
+        process.set_terminal(Some(true));
+        spec.set_process(Some(process));
+    });
+    let line = c.spawn_shim(&[]);
+    assert!(line.contains("without --tty"), "{line:?}");
 }
 
 #[test]

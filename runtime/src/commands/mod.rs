@@ -61,6 +61,15 @@ pub struct GlobalFlags {
     /// cgroupfs, systemd or auto [default: auto]
     #[arg(long, global = true)]
     pub cgroup_driver: Option<String>,
+    /// Where the exec/attach/port-forward streaming server listens [default: 127.0.0.1:0, a free port]
+    #[arg(long, value_name = "HOST:PORT", global = true)]
+    pub stream_address: Option<String>,
+    /// PEM certificate chain for the streaming server (with --stream-tls-key: HTTPS) [default: plain HTTP]
+    #[arg(long, value_name = "FILE", global = true)]
+    pub stream_tls_cert: Option<PathBuf>,
+    /// PEM private key for --stream-tls-cert
+    #[arg(long, value_name = "FILE", global = true)]
+    pub stream_tls_key: Option<PathBuf>,
     /// Log line format on stderr (level from RUST_LOG, default info)
     #[arg(long, value_enum, default_value = "text", global = true)]
     pub log_format: LogFormat,
@@ -73,12 +82,12 @@ pub enum Command {
         #[command(subcommand)]
         command: images::ImagesCommand,
     },
-    /// Show how registries are reached (mirrors, TLS settings, credentials)
     /// Pod sandboxes on this runtime
     Pods {
         #[command(subcommand)]
         command: pods::PodsCommand,
     },
+    /// Show how registries are reached (mirrors, TLS settings, credentials)
     Registries {
         #[command(subcommand)]
         command: registries::RegistriesCommand,
@@ -99,6 +108,9 @@ impl GlobalFlags {
             registry_config_dir: self.registry_config_dir.clone(),
             registry_credentials: self.registry_credentials.clone(),
             cgroup_driver: self.cgroup_driver.clone(),
+            stream_address: self.stream_address.clone(),
+            stream_tls_cert: self.stream_tls_cert.clone(),
+            stream_tls_key: self.stream_tls_key.clone(),
         };
         Ok(RuntimeConfig::assemble(
             file,

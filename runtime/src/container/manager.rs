@@ -143,6 +143,20 @@ pub fn stop_signal_number(name: Option<&str>) -> i32 {
         .unwrap_or(libc::SIGTERM)
 }
 
+/// Where a running container's streams are reached.
+#[derive(Debug, Clone)]
+pub struct StreamTarget {
+    /// The full id (a CRI request may name a prefix).
+    pub id: String,
+    pub sandbox_id: String,
+    /// The shim's attach socket.
+    pub attach_socket: PathBuf,
+    /// Created with stdin kept open (CRI `stdin`).
+    pub stdin: bool,
+    /// Created with a terminal.
+    pub tty: bool,
+}
+
 /// Containers of all pods.
 pub struct ContainerManager {
     pub store: ContainerStore,
@@ -164,9 +178,9 @@ pub struct ContainerManager {
 
 impl ContainerManager {
     #[allow(clippy::too_many_arguments)]
-    /// Longest `--state` whose shim sockets still fit: `<state>/s/<32 hex>/shim.sock` < 108 bytes.
+    /// Longest `--state` whose shim sockets still fit: `<state>/s/<32 hex>/attach.sock` < 108 bytes.
     /// (libcontainer binds its notify socket through a chdir, so its path length does not matter.)
-    pub const MAX_STATE_DIR_LEN: usize = 107 - "/s/".len() - 32 - "/shim.sock".len();
+    pub const MAX_STATE_DIR_LEN: usize = 107 - "/s/".len() - 32 - "/attach.sock".len();
 
     pub fn open(
         root: &Path,
@@ -563,6 +577,9 @@ impl ContainerManager {
             state_dir: self.shim_dir(&id),
             log_path,
             libcontainer_root: self.libcontainer_root.clone(),
+            stdin: config.stdin,
+            stdin_once: config.stdin_once,
+            tty: config.tty,
         })?;
         failpoint("container-after-shim");
         r.state = r.state.created(&id)?;
@@ -847,6 +864,48 @@ impl ContainerManager {
         Ok(self
             .shim
             .exec(&r.id, &self.libcontainer_root, cmd, timeout)?)
+    }
+
+    /// A running container's streaming endpoints (Attach, and Exec's validation).
+    pub fn stream_target(&self, id: &str) -> Result<StreamTarget, ContainerError> {
+        let r = self
+            .find(id)
+            .ok_or_else(|| ContainerError::NotFound(id.into()))?;
+        if r.state != ContainerState::Running {
+            return Err(ContainerError::WrongState {
+                id: r.id,
+                state: r.state,
+                what: "streaming needs a running container",
+            });
+        }
+        let config = Self::config_of(&r).unwrap_or_default();
+        Ok(StreamTarget {
+            attach_socket: keelson_shim::protocol::state_file(
+                &self.shim_dir(&r.id),
+                keelson_shim::attach::ATTACH_SOCKET_FILE,
+            ),
+            id: r.id,
+            sandbox_id: r.sandbox_id,
+            stdin: config.stdin,
+            tty: config.tty,
+        })
+    }
+
+    /// The (unspawned) helper command for a streaming exec in running container `id`.
+    pub fn exec_stream_command(
+        &self,
+        id: &str,
+        cmd: &[String],
+        tty: bool,
+        result_fd: i32,
+    ) -> Result<std::process::Command, ContainerError> {
+        let target = self.stream_target(id)?;
+        if cmd.is_empty() {
+            return Err(ContainerError::Invalid("exec command is empty".into()));
+        }
+        Ok(self
+            .shim
+            .exec_stream_command(&target.id, &self.libcontainer_root, cmd, tty, result_fd))
     }
 
     /// Stops every container of a sandbox (StopPodSandbox).

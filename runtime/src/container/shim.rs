@@ -28,6 +28,12 @@ pub struct ShimLaunch {
     pub state_dir: PathBuf,
     pub log_path: PathBuf,
     pub libcontainer_root: PathBuf,
+    /// Keep the container's stdin open for attachers (CRI `stdin`), closed after the first
+    /// attach session when `stdin_once`.
+    pub stdin: bool,
+    pub stdin_once: bool,
+    /// Give the container a terminal (CRI `tty`).
+    pub tty: bool,
 }
 
 /// The shim side effects container logic needs.
@@ -50,6 +56,17 @@ pub trait ShimOps: Send + Sync {
         cmd: &[String],
         timeout: Option<Duration>,
     ) -> Result<ExecResult, ShimError>;
+    /// The command that runs `cmd` in the container with the helper's own stdio as the
+    /// process's (a pty slave on all three when `tty`), reporting a `StreamExecResult` on fd
+    /// `result_fd`. Not spawned: the streaming server wires its stdio.
+    fn exec_stream_command(
+        &self,
+        id: &str,
+        libcontainer_root: &Path,
+        cmd: &[String],
+        tty: bool,
+        result_fd: i32,
+    ) -> Command;
 }
 
 /// Runs the real `keelson-shim` binary.
@@ -101,6 +118,9 @@ impl ShimOps for ProcessShim {
             .arg(&l.libcontainer_root)
             .arg("--ready-fd")
             .arg(fd.to_string())
+            .args(l.stdin.then_some("--stdin"))
+            .args((l.stdin && l.stdin_once).then_some("--stdin-once"))
+            .args(l.tty.then_some("--tty"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr);
@@ -193,5 +213,30 @@ impl ShimOps for ProcessShim {
         }
         serde_json::from_slice(&out.stdout)
             .map_err(|e| exec_err(format!("unreadable exec result: {e}")))
+    }
+
+    fn exec_stream_command(
+        &self,
+        id: &str,
+        libcontainer_root: &Path,
+        cmd: &[String],
+        tty: bool,
+        result_fd: i32,
+    ) -> Command {
+        let mut c = Command::new(&self.binary);
+        c.arg("exec")
+            .arg("--stream")
+            .arg("--id")
+            .arg(id)
+            .arg("--libcontainer-root")
+            .arg(libcontainer_root)
+            .arg("--result-fd")
+            .arg(result_fd.to_string());
+        if tty {
+            // As containerd does for a terminal exec: programs need to know what they talk to.
+            c.arg("--tty").arg("--env").arg("TERM=xterm");
+        }
+        c.arg("--").args(cmd);
+        c
     }
 }

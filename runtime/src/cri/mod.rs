@@ -1,10 +1,12 @@
 //! The CRI v1 gRPC surface: one module per call, each a thin translation onto the runtime's services.
 
+mod attach;
 mod container_convert;
 mod container_stats;
 mod container_status;
 mod convert;
 mod create_container;
+mod exec;
 mod exec_sync;
 mod get_container_events;
 mod image_fs_info;
@@ -18,6 +20,7 @@ mod list_pod_sandbox;
 mod list_pod_sandbox_stats;
 mod pod_sandbox_stats;
 mod pod_sandbox_status;
+mod port_forward;
 mod pull_image;
 mod remove_container;
 mod remove_image;
@@ -39,6 +42,7 @@ use crate::container::manager::ContainerManager;
 use crate::container::stats::StatsCollector;
 use crate::image::manager::ImageManager;
 use crate::sandbox::manager::SandboxManager;
+use crate::streaming::StreamingServer;
 use std::sync::Arc;
 
 /// Serves RuntimeService, ImageService and keelson's admin API over one socket.
@@ -50,6 +54,8 @@ pub struct CriService {
     pub(crate) config: Arc<RuntimeConfig>,
     /// Cgroup counters and the samples stats are computed from.
     pub(crate) stats: Arc<StatsCollector>,
+    /// Serves the URLs Exec, Attach and PortForward answer with; `None` until started.
+    pub(crate) streaming: Option<Arc<StreamingServer>>,
 }
 
 impl CriService {
@@ -66,6 +72,19 @@ impl CriService {
             containers,
             config,
             stats,
+            streaming: None,
         }
+    }
+
+    /// Adds the streaming server behind Exec, Attach and PortForward.
+    pub fn with_streaming(mut self, streaming: Arc<StreamingServer>) -> Self {
+        self.streaming = Some(streaming);
+        self
+    }
+
+    pub(crate) fn streaming(&self) -> Result<&Arc<StreamingServer>, tonic::Status> {
+        self.streaming
+            .as_ref()
+            .ok_or_else(|| tonic::Status::unavailable("the streaming server is not running"))
     }
 }

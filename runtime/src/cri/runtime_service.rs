@@ -155,22 +155,28 @@ impl RuntimeService for CriService {
             .map(Response::new)
     }
 
-    async fn exec(&self, _request: Request<ExecRequest>) -> Result<Response<ExecResponse>, Status> {
-        not_yet("Exec")
+    async fn exec(&self, request: Request<ExecRequest>) -> Result<Response<ExecResponse>, Status> {
+        super::exec::handle(self, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn attach(
         &self,
-        _request: Request<AttachRequest>,
+        request: Request<AttachRequest>,
     ) -> Result<Response<AttachResponse>, Status> {
-        not_yet("Attach")
+        super::attach::handle(self, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn port_forward(
         &self,
-        _request: Request<PortForwardRequest>,
+        request: Request<PortForwardRequest>,
     ) -> Result<Response<PortForwardResponse>, Status> {
-        not_yet("PortForward")
+        super::port_forward::handle(self, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn container_stats(

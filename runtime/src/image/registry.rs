@@ -246,6 +246,11 @@ pub enum RegistryError {
     },
 }
 
+/// Rounds over a manifest's hosts repeated when none of them could be reached, and the pause
+/// before each.
+const UNREACHABLE_RETRIES: u32 = 1;
+const UNREACHABLE_BACKOFF: std::time::Duration = std::time::Duration::from_millis(250);
+
 fn join_failures(failures: &[(String, RegistryError)]) -> String {
     failures
         .iter()
@@ -763,28 +768,41 @@ impl RegistryClient {
             };
             return Err(endpoints.no_hosts(capability, &what));
         }
-        let mut failures = Vec::new();
         let last = hosts.len() - 1;
-        for (i, h) in hosts.into_iter().enumerate() {
-            match self
-                .manifest_from_host(endpoints, h, reference, expected.as_ref(), &what)
-                .await
-            {
-                Ok(m) => {
-                    if i > 0 {
-                        debug!(%what, host = %h.label(), "served after {i} host(s) failed");
+        let mut round = 0;
+        loop {
+            let mut failures = Vec::new();
+            for (i, h) in hosts.iter().enumerate() {
+                match self
+                    .manifest_from_host(endpoints, h, reference, expected.as_ref(), &what)
+                    .await
+                {
+                    Ok(m) => {
+                        if i > 0 {
+                            debug!(%what, host = %h.label(), "served after {i} host(s) failed");
+                        }
+                        return Ok(m);
                     }
-                    return Ok(m);
-                }
-                Err(e) => {
-                    if i < last {
-                        tracing::info!(%what, host = %h.label(), error = %e, "registry host failed; trying the next one");
+                    Err(e) => {
+                        if i < last {
+                            tracing::info!(%what, host = %h.label(), error = %e, "registry host failed; trying the next one");
+                        }
+                        failures.push((h.label(), e));
                     }
-                    failures.push((h.label(), e));
                 }
             }
+            // No host answered at all (name lookup or connect failed everywhere): a network
+            // blip is worth one more round before the pull fails.
+            let unreachable = failures
+                .iter()
+                .all(|(_, e)| matches!(e, RegistryError::Transport { .. }));
+            if !unreachable || round == UNREACHABLE_RETRIES {
+                return Err(RegistryError::from_failures(what, failures));
+            }
+            round += 1;
+            debug!(%what, "no registry host reachable; retrying in {UNREACHABLE_BACKOFF:?}");
+            tokio::time::sleep(UNREACHABLE_BACKOFF).await;
         }
-        Err(RegistryError::from_failures(what, failures))
     }
 
     async fn manifest_from_host(

@@ -27,7 +27,7 @@ static LIVE: Mutex<usize> = Mutex::new(0);
 /// Busybox applets linked into every test rootfs.
 const APPLETS: &[&str] = &[
     "sh", "echo", "sleep", "cat", "ls", "id", "head", "tr", "printf", "pwd", "true", "env", "grep",
-    "unshare", "chmod", "hostname", "readlink", "mount", "mkdir",
+    "unshare", "chmod", "hostname", "readlink", "mount", "mkdir", "stty", "tty", "yes",
 ];
 
 pub fn is_root() -> bool {
@@ -253,6 +253,17 @@ impl TestContainer {
         self.root.join(&self.id)
     }
 
+    /// Connect to the shim's attach socket (reads time out after 20 s).
+    pub fn attach(&self) -> std::os::unix::net::UnixStream {
+        let s = std::os::unix::net::UnixStream::connect(
+            self.state_dir
+                .join(keelson_shim::attach::ATTACH_SOCKET_FILE),
+        )
+        .unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        s
+    }
+
     /// Run `keelson-shim exec` against this container.
     pub fn exec(&self, flags: &[&str], cmd: &[&str]) -> std::process::Output {
         Command::new(SHIM)
@@ -393,4 +404,45 @@ pub fn records(log: &str) -> Vec<(String, String, String)> {
             (stream, tag, content)
         })
         .collect()
+}
+
+/// Send one attach frame.
+pub fn send_frame(
+    s: &mut std::os::unix::net::UnixStream,
+    kind: keelson_shim::attach::FrameKind,
+    payload: &[u8],
+) {
+    use std::io::Write;
+    let mut buf = Vec::new();
+    keelson_shim::attach::encode_frame(kind, payload, &mut buf);
+    s.write_all(&buf).unwrap();
+}
+
+/// Every frame until the shim closes the connection: (Stdout bytes, Stderr bytes, exit code).
+pub fn read_until_exit(s: &mut std::os::unix::net::UnixStream) -> (Vec<u8>, Vec<u8>, Option<i32>) {
+    use keelson_shim::attach::{self, FrameKind};
+    use std::io::Read;
+    let (mut out, mut err, mut exit) = (Vec::new(), Vec::new(), None);
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        while let Some((kind, range, used)) = attach::decode_frame(&buf).unwrap() {
+            let payload = buf[range].to_vec();
+            match kind {
+                FrameKind::Stdout => out.extend_from_slice(&payload),
+                FrameKind::Stderr => err.extend_from_slice(&payload),
+                FrameKind::Exit => exit = Some(attach::decode_exit(&payload).unwrap()),
+                other => panic!("unexpected frame {other:?} from the shim"),
+            }
+            buf.drain(..used);
+        }
+        match s.read(&mut chunk) {
+            Ok(0) => return (out, err, exit),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) => panic!(
+                "reading the attach socket: {e} (so far: {:?})",
+                String::from_utf8_lossy(&out)
+            ),
+        }
+    }
 }

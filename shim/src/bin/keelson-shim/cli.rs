@@ -13,17 +13,22 @@ keelson-shim: the per-container monitor of keelson-runtime (started only by the 
 
 usage:
   keelson-shim [--log-format text|json] run --id ID --bundle DIR --state-dir DIR --log-path FILE
-               [--libcontainer-root DIR] [--ready-fd N] [--stdin] [--tty]
+               [--libcontainer-root DIR] [--ready-fd N] [--stdin [--stdin-once]] [--tty]
   keelson-shim [--log-format text|json] exec --id ID [--libcontainer-root DIR] [--timeout-secs N]
-               [--env K=V]... [--cwd DIR] [--tty] -- CMD [ARG]...
+               [--env K=V]... [--cwd DIR] [--stream --result-fd N [--tty]] -- CMD [ARG]...
   keelson-shim --help | --version
 
 run   creates the container (libcontainer), detaches, writes `ok` (or `error: ...`) and a newline
       to --ready-fd once it is created, then serves <state-dir>/shim.sock until `shutdown`.
-      Container stdout/stderr go to --log-path in the CRI log format.
+      Container stdout/stderr go to --log-path in the CRI log format and to every client of
+      <state-dir>/attach.sock; attach clients' stdin goes to the container with --stdin
+      (--stdin-once: closed after the first client closes it). --tty: the container gets a
+      terminal (process.terminal in config.json must be true).
 exec  runs CMD inside the running container, prints one JSON object
       {\"exit_code\",\"stdout_b64\",\"stderr_b64\",\"timed_out\",...} on stdout and exits 0;
       exits 1 with a one-line reason on stderr when CMD could not be run.
+      --stream: CMD gets this process's fds 0/1/2 instead (with --tty, fd 0 must be a terminal
+      and becomes its controlling terminal); {\"exit_code\",\"error\"} goes to --result-fd.
 
 defaults: --libcontainer-root /run/keelson/runtime/libcontainer; log level from RUST_LOG
 (default: info for run, error for exec); logs go to stderr, the last line of a failure is the reason
@@ -55,6 +60,11 @@ pub enum CliError {
     },
     #[error("exec needs a command after --")]
     MissingExecCommand,
+    #[error("flag {flag} needs {needs}")]
+    Needs {
+        flag: &'static str,
+        needs: &'static str,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,6 +90,8 @@ pub struct RunArgs {
     pub libcontainer_root: PathBuf,
     pub ready_fd: Option<i32>,
     pub stdin: bool,
+    /// Close the container's stdin when the first attach client closes it (`--stdin-once`).
+    pub stdin_once: bool,
     pub tty: bool,
 }
 
@@ -92,6 +104,10 @@ pub struct ExecArgs {
     pub env: Vec<(String, String)>,
     pub cwd: Option<PathBuf>,
     pub tty: bool,
+    /// `--stream`: the process gets this process's own fds 0/1/2; the result goes to `result_fd`.
+    pub stream: bool,
+    /// `--result-fd`: where `--stream` writes its one-line JSON result (inherited descriptor).
+    pub result_fd: Option<i32>,
     pub command: Vec<String>,
 }
 
@@ -215,6 +231,18 @@ pub fn parse(args: &[String]) -> Result<Cli, CliError> {
     }
 }
 
+fn parse_fd(flag: &'static str, value: &str) -> Result<i32, CliError> {
+    value
+        .parse::<i32>()
+        .ok()
+        .filter(|fd| *fd >= 0)
+        .ok_or_else(|| CliError::Invalid {
+            flag,
+            value: value.to_owned(),
+            reason: "expected a file descriptor number",
+        })
+}
+
 fn parse_log_format(value: &str) -> Result<LogFormat, CliError> {
     match value {
         "text" => Ok(LogFormat::Text),
@@ -234,7 +262,7 @@ fn parse_run(
     const CMD: &str = "run";
     let (mut id, mut bundle, mut state_dir, mut log_path) = (None, None, None, None);
     let mut libcontainer_root = PathBuf::from(DEFAULT_LIBCONTAINER_ROOT);
-    let (mut ready_fd, mut stdin, mut tty) = (None, false, false);
+    let (mut ready_fd, mut stdin, mut stdin_once, mut tty) = (None, false, false, false);
     while let Some(item) = flags.next() {
         match item {
             Item::Flag("help", _) => return Ok((Command::Help, log_format)),
@@ -253,16 +281,10 @@ fn parse_run(
                     non_empty_path("--libcontainer-root", flags.value("libcontainer-root", v)?)?
             }
             Item::Flag("ready-fd", v) => {
-                let value = flags.value("ready-fd", v)?;
-                ready_fd = Some(value.parse::<i32>().ok().filter(|fd| *fd >= 0).ok_or_else(
-                    || CliError::Invalid {
-                        flag: "--ready-fd",
-                        value: value.to_owned(),
-                        reason: "expected a file descriptor number",
-                    },
-                )?);
+                ready_fd = Some(parse_fd("--ready-fd", flags.value("ready-fd", v)?)?)
             }
             Item::Flag("stdin", v) => stdin = switch("stdin", v)?,
+            Item::Flag("stdin-once", v) => stdin_once = switch("stdin-once", v)?,
             Item::Flag("tty", v) => tty = switch("tty", v)?,
             Item::Flag("log-format", v) => {
                 log_format = parse_log_format(flags.value("log-format", v)?)?
@@ -289,6 +311,12 @@ fn parse_run(
             reason: "empty id",
         });
     }
+    if stdin_once && !stdin {
+        return Err(CliError::Needs {
+            flag: "--stdin-once",
+            needs: "--stdin",
+        });
+    }
     Ok((
         Command::Run(RunArgs {
             id,
@@ -298,6 +326,7 @@ fn parse_run(
             libcontainer_root,
             ready_fd,
             stdin,
+            stdin_once,
             tty,
         }),
         log_format,
@@ -312,6 +341,7 @@ fn parse_exec(
     let mut id = None;
     let mut libcontainer_root = PathBuf::from(DEFAULT_LIBCONTAINER_ROOT);
     let (mut timeout, mut env, mut cwd, mut tty) = (None, Vec::new(), None, false);
+    let (mut stream, mut result_fd) = (false, None);
     let mut command = Vec::new();
     while let Some(item) = flags.next() {
         match item {
@@ -355,6 +385,10 @@ fn parse_exec(
                 cwd = Some(PathBuf::from(value));
             }
             Item::Flag("tty", v) => tty = switch("tty", v)?,
+            Item::Flag("stream", v) => stream = switch("stream", v)?,
+            Item::Flag("result-fd", v) => {
+                result_fd = Some(parse_fd("--result-fd", flags.value("result-fd", v)?)?)
+            }
             Item::Flag("log-format", v) => {
                 log_format = parse_log_format(flags.value("log-format", v)?)?
             }
@@ -379,6 +413,32 @@ fn parse_exec(
     if command.is_empty() {
         return Err(CliError::MissingExecCommand);
     }
+    if stream && result_fd.is_none() {
+        return Err(CliError::Needs {
+            flag: "--stream",
+            needs: "--result-fd",
+        });
+    }
+    if tty && !stream {
+        return Err(CliError::Needs {
+            flag: "--tty",
+            needs: "--stream",
+        });
+    }
+    if !stream && result_fd.is_some() {
+        return Err(CliError::Needs {
+            flag: "--result-fd",
+            needs: "--stream",
+        });
+    }
+    // Streams are ours 0-2: the result cannot share one of them.
+    if result_fd.is_some_and(|fd| fd <= 2) {
+        return Err(CliError::Invalid {
+            flag: "--result-fd",
+            value: result_fd.unwrap_or_default().to_string(),
+            reason: "0, 1 and 2 are the process's streams",
+        });
+    }
     Ok((
         Command::Exec(ExecArgs {
             id: required(id, CMD, "--id")?,
@@ -387,6 +447,8 @@ fn parse_exec(
             env,
             cwd,
             tty,
+            stream,
+            result_fd,
             command,
         }),
         log_format,
@@ -418,9 +480,19 @@ mod tests {
                 libcontainer_root: DEFAULT_LIBCONTAINER_ROOT.into(),
                 ready_fd: Some(3),
                 stdin: true,
+                stdin_once: false,
                 tty: false,
             })
         );
+        let Command::Run(r) = parse(&args(
+            "run --id c1 --bundle /b --state-dir /s --log-path /l --stdin --stdin-once --tty",
+        ))
+        .unwrap()
+        .command
+        else {
+            panic!()
+        };
+        assert!(r.stdin && r.stdin_once && r.tty);
     }
 
     #[test]
@@ -455,6 +527,19 @@ mod tests {
             parse(&args("run --stdin=yes")),
             Err(CliError::UnexpectedValue { .. })
         ));
+        assert!(matches!(
+            parse(&args("run --stdin-once=1")),
+            Err(CliError::UnexpectedValue { .. })
+        ));
+        assert_eq!(
+            parse(&args(
+                "run --id x --bundle /b --state-dir /s --log-path /l --stdin-once"
+            )),
+            Err(CliError::Needs {
+                flag: "--stdin-once",
+                needs: "--stdin"
+            })
+        );
         assert_eq!(parse(&args("")), Err(CliError::MissingCommand));
         assert_eq!(
             parse(&args("frobnicate")),
@@ -479,6 +564,8 @@ mod tests {
                 env: vec![("A".into(), "1".into()), ("B".into(), "x=y".into())],
                 cwd: Some("/tmp".into()),
                 tty: false,
+                stream: false,
+                result_fd: None,
                 command: args("sh -c --id"),
             })
         );
@@ -489,6 +576,57 @@ mod tests {
             panic!()
         };
         assert_eq!(e.timeout, None);
+        let Command::Exec(e) = parse(&args("exec --id c --stream --tty --result-fd=5 -- sh"))
+            .unwrap()
+            .command
+        else {
+            panic!()
+        };
+        assert!(e.stream && e.tty);
+        assert_eq!(e.result_fd, Some(5));
+    }
+
+    #[test]
+    fn exec_stream_flags_go_together() {
+        assert_eq!(
+            parse(&args("exec --id c --stream -- sh")),
+            Err(CliError::Needs {
+                flag: "--stream",
+                needs: "--result-fd"
+            })
+        );
+        assert_eq!(
+            parse(&args("exec --id c --result-fd 3 -- sh")),
+            Err(CliError::Needs {
+                flag: "--result-fd",
+                needs: "--stream"
+            })
+        );
+        for bad in ["-1", "x", "1"] {
+            assert!(
+                matches!(
+                    parse(&args(&format!(
+                        "exec --id c --stream --result-fd {bad} -- sh"
+                    ))),
+                    Err(CliError::Invalid {
+                        flag: "--result-fd",
+                        ..
+                    }) | Err(CliError::MissingValue(_))
+                ),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            parse(&args("exec --id c --tty -- sh")),
+            Err(CliError::Needs {
+                flag: "--tty",
+                needs: "--stream"
+            })
+        );
+        assert!(matches!(
+            parse(&args("exec --id c --stream=1 --result-fd 3 -- sh")),
+            Err(CliError::UnexpectedValue { .. })
+        ));
     }
 
     #[test]

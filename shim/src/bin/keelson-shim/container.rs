@@ -5,7 +5,7 @@
 
 use std::error::Error as _;
 use std::os::fd::OwnedFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use libcontainer::container::Container;
 use libcontainer::container::builder::ContainerBuilder;
@@ -65,21 +65,35 @@ pub struct Stdio {
     pub stderr: OwnedFd,
 }
 
+/// How the init's stdio is set up.
+pub enum InitIo {
+    /// These descriptors become its fds 0-2.
+    Stdio(Stdio),
+    /// A terminal (`process.terminal: true`): the init allocates a pty in the container and
+    /// sends the master to this listening socket (see `console`).
+    Console(PathBuf),
+}
+
 /// libcontainer `create`: the init is cloned (a child of this process), set up, and left
 /// waiting for `start`. On failure libcontainer removes what it created (state dir, cgroup).
 pub fn create(
     id: &str,
     bundle: &Path,
     root: &Path,
-    stdio: Stdio,
+    io: InitIo,
 ) -> Result<Container, ContainerError> {
     let err = |e: LibcontainerError| ContainerError::new("create", id, &e);
-    ContainerBuilder::new(id.to_owned(), SyscallType::default())
+    let builder = ContainerBuilder::new(id.to_owned(), SyscallType::default())
         .with_root_path(root)
-        .map_err(err)?
-        .with_stdin(stdio.stdin)
-        .with_stdout(stdio.stdout)
-        .with_stderr(stdio.stderr)
+        .map_err(err)?;
+    let builder = match io {
+        InitIo::Stdio(stdio) => builder
+            .with_stdin(stdio.stdin)
+            .with_stdout(stdio.stdout)
+            .with_stderr(stdio.stderr),
+        InitIo::Console(socket) => builder.with_console_socket(Some(socket)),
+    };
+    builder
         .validate_id()
         .map_err(err)?
         .as_init(bundle)

@@ -2,8 +2,10 @@
 //! `exec` in a running container. Single-threaded, no async runtime: libcontainer is only safe
 //! to call from a single-threaded process.
 
+mod attachers;
 mod cli;
 mod commands;
+mod console;
 mod container;
 mod crilog;
 mod detach;
@@ -50,9 +52,13 @@ fn main() -> ExitCode {
             commands::run::run(args)
         }
         Command::Exec(args) => {
-            detach::close_inherited_fds(None);
-            // exec's stderr goes back to the runtime: keep it to errors and the final reason.
-            logging::init(cli.log_format, "error");
+            detach::close_inherited_fds(args.result_fd);
+            if !args.stream {
+                // exec's stderr goes back to the runtime: keep it to errors and the final reason.
+                logging::init(cli.log_format, "error");
+            }
+            // With --stream, stderr is the process's own stream: the helper logs nothing and
+            // reports through --result-fd.
             commands::exec::exec(args)
         }
     };

@@ -1,18 +1,20 @@
 //! The shim's single-threaded event loop: one `poll(2)` over the signalfd (SIGCHLD, ignored
-//! SIGTERM/SIGINT/SIGHUP), the container's stdout/stderr pipes, the listening socket and the
-//! client connections.
+//! SIGTERM/SIGINT/SIGHUP), the container's output (stdout/stderr pipes, or the pty master with
+//! `--tty`), the listening socket and the client connections, and the attach socket with its
+//! clients and the container's stdin (`attachers`).
 //!
 //! Lifecycle: created -> (Start) running -> init exits -> a short grace period lets the pipes
-//! drain -> the exit is recorded in `exit.json` and answered to `Wait`ers -> stopped -> on
-//! `Shutdown` the libcontainer container is deleted and the shim exits.
+//! drain -> the exit is recorded in `exit.json`, answered to `Wait`ers and sent to attach
+//! clients -> stopped -> on `Shutdown` the libcontainer container is deleted and the shim exits.
 
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use keelson_shim::attach::ATTACH_SOCKET_FILE;
 use keelson_shim::protocol::{
     self, ContainerStatus, ErrorKind, ErrorReply, ExitInfo, ExitReason, MAX_LINE, ProtocolError,
     Request, Response, StateInfo,
@@ -26,6 +28,7 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 use tracing::{debug, info, warn};
 
+use crate::attachers::Attachers;
 use crate::container::ContainerError;
 use crate::crilog::{CriLogWriter, FileSink, Stream, SystemClock};
 use crate::oom::OomCounter;
@@ -263,16 +266,9 @@ impl Core {
         true
     }
 
-    fn poll_timeout(&self) -> PollTimeout {
-        match (self.exit.is_none(), self.drain_deadline) {
-            (true, Some(deadline)) => {
-                let left = deadline.saturating_duration_since(Instant::now());
-                // round up so that the deadline has passed when poll returns
-                let ms = left.as_millis().saturating_add(1).min(60_000) as u16;
-                PollTimeout::from(ms)
-            }
-            _ => PollTimeout::NONE,
-        }
+    /// When the loop must wake up even if nothing happens.
+    fn deadline(&self) -> Option<Instant> {
+        self.drain_deadline.filter(|_| self.exit.is_none())
     }
 
     fn write_log(&mut self, stream: Stream, data: Option<&[u8]>) {
@@ -390,7 +386,11 @@ impl Core {
             .map_err(|e| ContainerError::new("delete", &self.id, &e))?;
         info!(id = %self.id, "container deleted; shim exiting");
         // Gone from disk before the answer: whoever reads `ok` sees the final state.
-        for name in [protocol::SOCKET_FILE, protocol::SHIM_FILE] {
+        for name in [
+            protocol::SOCKET_FILE,
+            ATTACH_SOCKET_FILE,
+            protocol::SHIM_FILE,
+        ] {
             let path = protocol::state_file(&self.state_dir, name);
             if let Err(e) = std::fs::remove_file(&path)
                 && e.kind() != io::ErrorKind::NotFound
@@ -498,38 +498,62 @@ impl Conn {
     }
 }
 
+/// Where the container's output comes from (non-blocking descriptors).
+pub enum Output {
+    /// The read ends of its stdout and stderr pipes.
+    Pipes { stdout: File, stderr: File },
+    /// The pty master of its terminal: everything is `stdout`.
+    Terminal(File),
+}
+
 /// The event loop's file descriptors and connections around a [`Core`].
 pub struct Monitor {
     core: Core,
     listener: UnixListener,
     signals: SignalFd,
-    /// Read ends of the container's stdout and stderr (non-blocking); `None` after EOF.
+    /// The container's stdout and stderr (with a terminal: its master, and `None`); `None`
+    /// after EOF.
     pipes: [Option<File>; 2],
     conns: Vec<Conn>,
     read_buf: Box<[u8]>,
-    /// The write end of the container's stdin pipe (`--stdin`), held open until the shim exits.
-    _stdin: Option<OwnedFd>,
+    /// The attach socket and its clients; it holds the container's stdin (with `--stdin`).
+    attachers: Attachers,
 }
 
 const STREAMS: [Stream; 2] = [Stream::Stdout, Stream::Stderr];
+
+fn poll_timeout(deadline: Option<Instant>) -> PollTimeout {
+    match deadline {
+        Some(deadline) => {
+            let left = deadline.saturating_duration_since(Instant::now());
+            // round up so that the deadline has passed when poll returns
+            let ms = left.as_millis().saturating_add(1).min(60_000) as u16;
+            PollTimeout::from(ms)
+        }
+        None => PollTimeout::NONE,
+    }
+}
 
 impl Monitor {
     pub fn new(
         core: Core,
         listener: UnixListener,
         signals: SignalFd,
-        stdout: File,
-        stderr: File,
-        stdin: Option<OwnedFd>,
+        output: Output,
+        attachers: Attachers,
     ) -> Self {
+        let pipes = match output {
+            Output::Pipes { stdout, stderr } => [Some(stdout), Some(stderr)],
+            Output::Terminal(master) => [Some(master), None],
+        };
         Monitor {
             core,
             listener,
             signals,
-            pipes: [Some(stdout), Some(stderr)],
+            pipes,
             conns: Vec::new(),
             read_buf: vec![0u8; PIPE_READ].into_boxed_slice(),
-            _stdin: stdin,
+            attachers,
         }
     }
 
@@ -550,7 +574,11 @@ impl Monitor {
                         }
                     }
                 }
+                if let Some(exit) = &self.core.exit {
+                    self.attachers.exited(exit.exit_code);
+                }
             }
+            self.attachers.tick();
             self.serve_requests();
             if self.core.shutdown {
                 self.finish();
@@ -588,10 +616,15 @@ impl Monitor {
     }
 
     fn wait_for_events(&mut self) -> Result<(), MonitorError> {
-        let timeout = self.core.poll_timeout();
+        let deadline = match (self.core.deadline(), self.attachers.deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let timeout = poll_timeout(deadline);
         let accepting = self.conns.len() < MAX_CONNECTIONS;
+        let attach_fds;
         let revents: Vec<PollFlags> = {
-            let mut fds = Vec::with_capacity(4 + self.conns.len());
+            let mut fds = Vec::with_capacity(8 + self.conns.len());
             fds.push(PollFd::new(self.signals.as_fd(), PollFlags::POLLIN));
             fds.push(PollFd::new(
                 self.listener.as_fd(),
@@ -604,6 +637,7 @@ impl Monitor {
             for p in self.pipes.iter().flatten() {
                 fds.push(PollFd::new(p.as_fd(), PollFlags::POLLIN));
             }
+            attach_fds = self.attachers.register(&mut fds);
             for conn in &self.conns {
                 let mut events = PollFlags::empty();
                 if conn.wants_read() {
@@ -653,11 +687,20 @@ impl Monitor {
                 continue;
             };
             match pipe.read(&mut self.read_buf) {
+                // EIO: a terminal's master once no process has the slave open any more.
                 Ok(0) => {
                     self.pipes[i] = None;
                     self.core.write_log(*stream, None);
                 }
-                Ok(n) => self.core.write_log(*stream, Some(&self.read_buf[..n])),
+                Err(e) if e.raw_os_error() == Some(libc::EIO) => {
+                    self.pipes[i] = None;
+                    self.core.write_log(*stream, None);
+                }
+                Ok(n) => {
+                    let data = &self.read_buf[..n];
+                    self.core.write_log(*stream, Some(data));
+                    self.attachers.broadcast(*stream, data);
+                }
                 Err(e)
                     if matches!(
                         e.kind(),
@@ -670,6 +713,8 @@ impl Monitor {
                 }
             }
         }
+        let attach_revents: Vec<PollFlags> = next.by_ref().take(attach_fds).collect();
+        self.attachers.handle(&attach_revents);
         for (conn, flags) in self.conns.iter_mut().zip(next) {
             let had_eof = conn.eof;
             if flags.intersects(PollFlags::POLLIN | PollFlags::POLLHUP) && !had_eof {

@@ -16,7 +16,8 @@
 //!    (every hierarchy listed in `/proc/<init>/cgroup`), `setns`es into the namespaces (user
 //!    first, mount last) and forks, so that the pid and time namespaces apply; it reports the
 //!    grandchild's pid and exits. The shim is a child subreaper: the grandchild becomes its child.
-//! 3. The grandchild follows libcontainer's init order: new session, `no_new_privs` when the spec
+//! 3. The grandchild follows libcontainer's init order: new session (with `--tty`, its stdin,
+//!    a terminal, becomes the session's controlling terminal), `no_new_privs` when the spec
 //!    says true, personality, AppArmor, umask, cwd, supplementary groups, gid and uid (keeping the
 //!    capabilities), the seccomp filter *before* the capabilities are dropped when
 //!    `noNewPrivileges` is not true (loading one without `no_new_privs` needs CAP_SYS_ADMIN), the
@@ -57,7 +58,7 @@ use tracing::debug;
 
 use crate::cli::ExecArgs;
 use crate::container::{self, ContainerError};
-use crate::{oom, procinfo};
+use crate::{console, oom, procinfo};
 
 /// `/etc/passwd` larger than this is not read for `HOME`.
 const MAX_PASSWD: u64 = 4 * 1024 * 1024;
@@ -135,6 +136,8 @@ struct Settings {
     apparmor: Option<String>,
     personality: Option<libc::c_ulong>,
     oom_score_adj: Option<i32>,
+    /// Make stdin (a terminal) the controlling terminal of the process's new session.
+    tty: bool,
 }
 
 /// One of the init's namespaces, open.
@@ -253,6 +256,7 @@ fn settings(id: &str, spec: &Spec, args: &ExecArgs) -> Result<Settings, TenantEr
         apparmor: process.apparmor_profile().clone().filter(|p| !p.is_empty()),
         personality,
         oom_score_adj: process.oom_score_adj(),
+        tty: args.tty,
     })
 }
 
@@ -576,6 +580,10 @@ fn load_seccomp(profile: Option<&LinuxSeccomp>) -> Result<(), String> {
 /// command. Returns only on failure.
 fn exec_workload(s: &Settings, stdio: Stdio) -> Result<Infallible, String> {
     setsid().map_err(|e| format!("failed to start a session: {e}"))?;
+    if s.tty {
+        console::set_controlling_terminal(stdio.stdin.as_fd())
+            .map_err(|e| format!("failed to make stdin the controlling terminal: {e}"))?;
+    }
     if s.no_new_privileges {
         prctl::set_no_new_privs().map_err(|e| format!("failed to set no_new_privs: {e}"))?;
     }
@@ -693,6 +701,8 @@ mod tests {
             ],
             cwd: None,
             tty: false,
+            stream: false,
+            result_fd: None,
             command: command.iter().map(|s| s.to_string()).collect(),
         }
     }

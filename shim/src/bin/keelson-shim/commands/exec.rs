@@ -1,16 +1,24 @@
 //! `keelson-shim exec`: run one command in a running container (joined to its init with the
 //! container's process settings, seccomp included: see `tenant`), capture its output with a cap,
 //! kill it at the deadline, print the result as JSON.
+//!
+//! `exec --stream` (interactive exec, CRI Exec): the command gets this helper's own fds 0/1/2
+//! (pipes from the runtime, or with `--tty` a pty slave the runtime allocated, which becomes
+//! the command's controlling terminal). Once it is started the helper points its own 0/1/2 at
+//! `/dev/null`, so the runtime sees end of file when the command (and whatever inherited them)
+//! closes them, waits for it (SIGKILL at the deadline, or when the helper gets SIGTERM, SIGINT
+//! or SIGHUP) and writes one [`StreamExecResult`] JSON line to `--result-fd`. It exits 1 only
+//! when that descriptor is unusable.
 
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use keelson_shim::protocol::ExecResult;
+use keelson_shim::protocol::{ExecResult, StreamExecResult};
 use nix::errno::Errno;
-use nix::fcntl::{FcntlArg, OFlag, fcntl};
+use nix::fcntl::{FcntlArg, FdFlag, OFlag, fcntl};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
@@ -25,14 +33,20 @@ pub const OUTPUT_CAP: usize = 16 * 1024 * 1024;
 /// After the process exited, how long its output pipes may stay open (background children).
 const DRAIN_GRACE: Duration = Duration::from_millis(250);
 
+/// Make sure an error names the container.
+fn name_container(e: anyhow::Error, id: &str) -> anyhow::Error {
+    if format!("{e:#}").contains(id) {
+        e
+    } else {
+        e.context(format!("failed to exec in container {id}"))
+    }
+}
+
 pub fn exec(args: ExecArgs) -> Result<()> {
-    let result = run_exec(&args).map_err(|e| {
-        if format!("{e:#}").contains(&args.id) {
-            e
-        } else {
-            e.context(format!("failed to exec in container {}", args.id))
-        }
-    })?;
+    if args.stream {
+        return exec_stream(&args);
+    }
+    let result = run_exec(&args).map_err(|e| name_container(e, &args.id))?;
     let mut json = serde_json::to_vec(&result).context("failed to encode the exec result")?;
     json.push(b'\n');
     io::stdout()
@@ -118,7 +132,7 @@ fn check_child(pid: Pid, status: &mut Option<i32>, drain_until: &mut Option<Inst
 
 fn run_exec(args: &ExecArgs) -> Result<ExecResult> {
     if args.tty {
-        bail!("tty not supported yet");
+        bail!("--tty needs --stream");
     }
     let root = std::path::absolute(&args.libcontainer_root).with_context(|| {
         format!(
@@ -229,4 +243,148 @@ fn run_exec(args: &ExecArgs) -> Result<ExecResult> {
         out.truncated,
         err.truncated,
     ))
+}
+
+/// `exec --stream`: run the command on this process's stdio, report on `--result-fd`.
+fn exec_stream(args: &ExecArgs) -> Result<()> {
+    let fd = args
+        .result_fd
+        .ok_or_else(|| anyhow!("--stream needs --result-fd"))?;
+    let mut result_file = adopt_result_fd(fd)?;
+    let result = match run_stream(args) {
+        Ok(code) => StreamExecResult::exited(code),
+        Err(e) => {
+            let e = name_container(e, &args.id);
+            StreamExecResult::failed(format!("{e:#}").replace('\n', " "))
+        }
+    };
+    let mut line = serde_json::to_vec(&result).context("failed to encode the exec result")?;
+    line.push(b'\n');
+    result_file
+        .write_all(&line)
+        .with_context(|| format!("failed to write the exec result to --result-fd {fd}"))
+}
+
+/// Take the inherited result descriptor, close-on-exec from now on (the command must not
+/// inherit it).
+fn adopt_result_fd(fd: i32) -> Result<File> {
+    // SAFETY: F_GETFD only queries the descriptor table; any integer is harmless.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        bail!(
+            "--result-fd {fd} is not an open file descriptor: {}",
+            Errno::last()
+        );
+    }
+    // SAFETY: `fd` is open (checked above), was handed to this process for the result only and
+    // is kept open by `close_inherited_fds`; nothing else in the process owns it.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    fcntl(&owned, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))
+        .with_context(|| format!("failed to make --result-fd {fd} close-on-exec"))?;
+    Ok(File::from(owned))
+}
+
+/// A close-on-exec duplicate of one of this process's standard descriptors.
+fn dup_std(fd: i32, name: &str) -> Result<OwnedFd> {
+    // SAFETY: fds 0-2 stay open for the whole process (they are only ever replaced with dup2);
+    // the borrow ends before this function returns.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    borrowed
+        .try_clone_to_owned()
+        .with_context(|| format!("the helper's {name} (fd {fd}) is not usable"))
+}
+
+/// Point fds 0-2 at /dev/null: the command holds the only copies of the runtime's streams.
+fn release_std() -> Result<()> {
+    let null = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .context("failed to open /dev/null")?;
+    for fd in 0..=2 {
+        // SAFETY: both descriptors are open; dup2 atomically replaces fd 0/1/2, which no Rust
+        // object in this process owns (the duplicates given to the command were closed).
+        if unsafe { libc::dup2(null.as_raw_fd(), fd) } < 0 {
+            bail!("failed to point fd {fd} at /dev/null: {}", Errno::last());
+        }
+    }
+    Ok(())
+}
+
+/// Start the command on this process's stdio and wait for it; its exit code (128+N for a
+/// signal N).
+fn run_stream(args: &ExecArgs) -> Result<i32> {
+    let root = std::path::absolute(&args.libcontainer_root).with_context(|| {
+        format!(
+            "invalid libcontainer root {}",
+            args.libcontainer_root.display()
+        )
+    })?;
+    let prepared = tenant::prepare(args, &root)?;
+    signals::prepare_for_container()?;
+    let stdio = tenant::Stdio {
+        stdin: dup_std(0, "stdin")?,
+        stdout: dup_std(1, "stdout")?,
+        stderr: dup_std(2, "stderr")?,
+    };
+    let pid = tenant::spawn(prepared, stdio)?;
+    let started = release_std().and_then(|()| {
+        Ok(signals::block_into_signalfd(&[
+            Signal::SIGCHLD,
+            Signal::SIGTERM,
+            Signal::SIGINT,
+            Signal::SIGHUP,
+        ])?)
+    });
+    let signal_fd = match started {
+        Ok(fd) => fd,
+        Err(e) => {
+            let _ = kill(pid, Signal::SIGKILL);
+            let _ = waitpid(pid, None);
+            return Err(e);
+        }
+    };
+    let deadline = args.timeout.map(|t| Instant::now() + t);
+    let mut killed = false;
+    loop {
+        // SIGCHLD may have been discarded before it was blocked: look first.
+        match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+            Ok(status) => {
+                if let Some(code) = exit_code(status) {
+                    return Ok(code);
+                }
+            }
+            Err(Errno::ECHILD) => return Ok(255),
+            Err(_) => {}
+        }
+        let now = Instant::now();
+        if !killed && deadline.is_some_and(|d| now >= d) {
+            let _ = kill(pid, Signal::SIGKILL);
+            killed = true;
+        }
+        let timeout = match deadline.filter(|_| !killed) {
+            Some(d) => {
+                let ms = d
+                    .saturating_duration_since(now)
+                    .as_millis()
+                    .saturating_add(1);
+                PollTimeout::from(ms.min(60_000) as u16)
+            }
+            None => PollTimeout::NONE,
+        };
+        let mut fds = [PollFd::new(signal_fd.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, timeout) {
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(e) => {
+                let _ = kill(pid, Signal::SIGKILL);
+                return Err(anyhow!("poll failed: {e}"));
+            }
+        }
+        for signal in signals::drain(&signal_fd) {
+            if signal != Signal::SIGCHLD && !killed {
+                // Cancelled (the runtime's stream ended): the command goes too.
+                let _ = kill(pid, Signal::SIGKILL);
+                killed = true;
+            }
+        }
+    }
 }

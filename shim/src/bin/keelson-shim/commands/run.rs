@@ -1,4 +1,9 @@
 //! `keelson-shim run`: create the container, detach, report readiness, then monitor it.
+//!
+//! Stdio: without `--tty` the container gets pipes for stdout/stderr and either `/dev/null` or
+//! (`--stdin`) a pipe whose write end the attach clients feed. With `--tty` libcontainer gives
+//! it a terminal allocated inside the container and hands the master to the shim over a
+//! console socket (`console`): output is the master's, stdin is written to it.
 
 use std::fs::{self, File};
 use std::io::{self, ErrorKind};
@@ -6,21 +11,34 @@ use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
+use keelson_shim::attach::ATTACH_SOCKET_FILE;
 use keelson_shim::protocol::{self, ShimFile};
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use nix::sys::signal::Signal;
 use nix::unistd::{Pid, pipe2};
 use tracing::{info, warn};
 
+use crate::attachers::{Attachers, StdinSink};
 use crate::cli::RunArgs;
-use crate::container::{self, Stdio};
+use crate::console::ConsoleSocket;
+use crate::container::{self, InitIo, Stdio};
 use crate::crilog::{CriLogWriter, FileSink, SystemClock};
 use crate::detach::{self, ReadyPipe};
-use crate::monitor::{Core, Monitor};
+use crate::monitor::{Core, Monitor, Output};
 use crate::oom::OomCounter;
 use crate::signals;
+
+/// libcontainer's console socket (`--tty`), in the state directory while the container is
+/// created; removed once the terminal arrived. No longer than `shim.sock`, so that it fits in
+/// a socket address wherever `shim.sock` does.
+const CONSOLE_SOCKET_FILE: &str = "tty.sock";
+const _: () = assert!(CONSOLE_SOCKET_FILE.len() <= protocol::SOCKET_FILE.len());
+/// How long, after libcontainer's create returned, the terminal may take to arrive (it is
+/// sent before the init reports ready, so it is normally already queued).
+const CONSOLE_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub fn run(args: RunArgs) -> Result<()> {
     let ready = args.ready_fd.map(ReadyPipe::adopt).transpose()?;
@@ -53,9 +71,6 @@ fn absolute(path: &Path, what: &str) -> Result<PathBuf> {
 
 /// Everything up to a created container with its monitor ready to run.
 fn prepare(args: &RunArgs) -> Result<Monitor> {
-    if args.tty {
-        bail!("tty not supported yet");
-    }
     let bundle = absolute(&args.bundle, "bundle")?;
     let state_dir = absolute(&args.state_dir, "state dir")?;
     let log_path = absolute(&args.log_path, "log path")?;
@@ -67,25 +82,161 @@ fn prepare(args: &RunArgs) -> Result<Monitor> {
     let spec = oci_spec::runtime::Spec::load(&config_path)
         .map_err(|e| anyhow!("failed to load {}: {e}", config_path.display()))?;
     let cgroups_path = spec.linux().as_ref().and_then(|l| l.cgroups_path().clone());
+    // libcontainer needs a console socket exactly when the spec asks for a terminal.
+    let terminal = spec
+        .process()
+        .as_ref()
+        .and_then(|p| p.terminal())
+        .unwrap_or(false);
+    if args.tty && !terminal {
+        bail!(
+            "--tty needs process.terminal true in {}",
+            config_path.display()
+        );
+    }
+    if terminal && !args.tty {
+        bail!(
+            "{} sets process.terminal but the shim was started without --tty",
+            config_path.display()
+        );
+    }
 
     detach::detach()?;
     signals::prepare_for_container()?;
 
     let socket_path = protocol::state_file(&state_dir, protocol::SOCKET_FILE);
     let listener = bind_socket(&socket_path)?;
-    let created = create(
-        args,
-        &bundle,
-        &state_dir,
-        &log_path,
-        &root,
-        cgroups_path,
-        listener,
-    );
+    let attach_path = protocol::state_file(&state_dir, ATTACH_SOCKET_FILE);
+    let created = bind_socket(&attach_path).and_then(|attach| {
+        create(
+            args,
+            &bundle,
+            &state_dir,
+            &log_path,
+            &root,
+            cgroups_path,
+            Sockets {
+                shim: listener,
+                attach,
+            },
+        )
+    });
     if created.is_err() {
-        let _ = fs::remove_file(&socket_path);
+        for path in [&socket_path, &attach_path] {
+            let _ = fs::remove_file(path);
+        }
     }
     created
+}
+
+/// The shim's listening sockets: requests (`shim.sock`) and attach clients (`attach.sock`).
+struct Sockets {
+    shim: UnixListener,
+    attach: UnixListener,
+}
+
+/// The container's stdio before it is created.
+enum Plumbing {
+    Pipes {
+        stdout: OwnedFd,
+        stderr: OwnedFd,
+        /// The write end of the stdin pipe (`--stdin`).
+        stdin: Option<OwnedFd>,
+    },
+    /// The console socket, waiting for the terminal.
+    Terminal(ConsoleSocket),
+}
+
+/// Pipes, or the console socket with `--tty`, and what libcontainer gets of them.
+fn plumbing(args: &RunArgs, state_dir: &Path) -> Result<(InitIo, Plumbing)> {
+    if args.tty {
+        let path = protocol::state_file(state_dir, CONSOLE_SOCKET_FILE);
+        let console = ConsoleSocket::new(bind_socket(&path)?, path.clone());
+        return Ok((InitIo::Console(path), Plumbing::Terminal(console)));
+    }
+    let (stdout_r, stdout_w) = pipe2(OFlag::O_CLOEXEC).context("failed to create stdout pipe")?;
+    let (stderr_r, stderr_w) = pipe2(OFlag::O_CLOEXEC).context("failed to create stderr pipe")?;
+    for fd in [&stdout_r, &stderr_r] {
+        // Only the shim's read ends: the container keeps blocking writes.
+        fcntl(fd, FcntlArg::F_SETFL(OFlag::O_NONBLOCK))
+            .context("failed to make a pipe non-blocking")?;
+    }
+    let (stdin, stdin_w) = if args.stdin {
+        // The write end stays open (the container's reads block rather than see EOF) until a
+        // stdin-once attach client closes it; attach clients' stdin is written to it.
+        let (r, w) = pipe2(OFlag::O_CLOEXEC).context("failed to create stdin pipe")?;
+        fcntl(&w, FcntlArg::F_SETFL(OFlag::O_NONBLOCK))
+            .context("failed to make the stdin pipe non-blocking")?;
+        (r, Some(w))
+    } else {
+        let null = File::open("/dev/null").context("failed to open /dev/null")?;
+        (OwnedFd::from(null), None)
+    };
+    let io = InitIo::Stdio(Stdio {
+        stdin,
+        stdout: stdout_w,
+        stderr: stderr_w,
+    });
+    Ok((
+        io,
+        Plumbing::Pipes {
+            stdout: stdout_r,
+            stderr: stderr_r,
+            stdin: stdin_w,
+        },
+    ))
+}
+
+/// Once the container exists: where its output is read and its stdin written.
+fn connect_io(
+    args: &RunArgs,
+    plumbing: Plumbing,
+    attach_listener: UnixListener,
+) -> Result<(Output, Attachers)> {
+    match plumbing {
+        Plumbing::Pipes {
+            stdout,
+            stderr,
+            stdin,
+        } => Ok((
+            Output::Pipes {
+                stdout: File::from(stdout),
+                stderr: File::from(stderr),
+            },
+            Attachers::new(
+                args.id.clone(),
+                attach_listener,
+                stdin.map(|w| StdinSink::new(w, false)),
+                args.stdin_once,
+                None,
+            ),
+        )),
+        Plumbing::Terminal(console) => {
+            let master = console.receive_master(CONSOLE_TIMEOUT)?;
+            drop(console);
+            let dup = |what: &str| {
+                master
+                    .try_clone()
+                    .with_context(|| format!("failed to duplicate the terminal for {what}"))
+            };
+            let stdin = if args.stdin {
+                Some(StdinSink::new(dup("stdin")?, true))
+            } else {
+                None
+            };
+            let resize = dup("resizes")?;
+            Ok((
+                Output::Terminal(File::from(master)),
+                Attachers::new(
+                    args.id.clone(),
+                    attach_listener,
+                    stdin,
+                    args.stdin_once,
+                    Some(resize),
+                ),
+            ))
+        }
+    }
 }
 
 /// Create the container behind a bound socket and assemble its monitor.
@@ -96,35 +247,14 @@ fn create(
     log_path: &Path,
     root: &Path,
     cgroups_path: Option<PathBuf>,
-    listener: UnixListener,
+    sockets: Sockets,
 ) -> Result<Monitor> {
     let log = FileSink::open(log_path)
         .with_context(|| format!("failed to open log {}", log_path.display()))?;
 
-    let (stdout_r, stdout_w) = pipe2(OFlag::O_CLOEXEC).context("failed to create stdout pipe")?;
-    let (stderr_r, stderr_w) = pipe2(OFlag::O_CLOEXEC).context("failed to create stderr pipe")?;
-    for fd in [&stdout_r, &stderr_r] {
-        // Only the shim's read ends: the container keeps blocking writes.
-        fcntl(fd, FcntlArg::F_SETFL(OFlag::O_NONBLOCK))
-            .context("failed to make a pipe non-blocking")?;
-    }
-    let (stdin, stdin_keep) = if args.stdin {
-        // Interactive attach is not built yet: hold the write end open so the container's
-        // reads block instead of seeing EOF.
-        let (r, w) = pipe2(OFlag::O_CLOEXEC).context("failed to create stdin pipe")?;
-        (r, Some(w))
-    } else {
-        let null = File::open("/dev/null").context("failed to open /dev/null")?;
-        (OwnedFd::from(null), None)
-    };
-
+    let (init_io, plumbing) = plumbing(args, state_dir)?;
     let own_oom_score = fs::read_to_string("/proc/self/oom_score_adj").ok();
-    let stdio = Stdio {
-        stdin,
-        stdout: stdout_w,
-        stderr: stderr_w,
-    };
-    let container = container::create(&args.id, bundle, root, stdio)?;
+    let container = container::create(&args.id, bundle, root, init_io)?;
     // build() wrote the container's oomScoreAdj into the shim's own score: put ours back (raising
     // is always allowed; lowering may need CAP_SYS_RESOURCE and then only warns).
     if let Some(score) = own_oom_score
@@ -134,6 +264,7 @@ fn create(
     }
 
     let finish = || -> Result<Monitor> {
+        let (output, attachers) = connect_io(args, plumbing, sockets.attach)?;
         let init_pid = container
             .pid()
             .ok_or_else(|| anyhow!("libcontainer reported no init pid"))?
@@ -168,11 +299,10 @@ fn create(
         );
         Ok(Monitor::new(
             core,
-            listener,
+            sockets.shim,
             signal_fd,
-            File::from(stdout_r),
-            File::from(stderr_r),
-            stdin_keep,
+            output,
+            attachers,
         ))
     };
     match finish() {

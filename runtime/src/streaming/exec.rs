@@ -1,0 +1,236 @@
+//! A streaming exec: the shim's exec helper runs the command in the container (never this
+//! async daemon), its stdio wired to the client's streams through pipes or a pty; the exit code
+//! comes back on a result pipe and goes out on the error stream.
+
+use super::pty;
+use super::remotecommand::{Outcome, RemoteIo, wait_gone};
+use crate::container::manager::ContainerManager;
+use keelson_shim::protocol::StreamExecResult;
+use std::io::Read;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::Child;
+use tokio::task::JoinHandle;
+
+/// After the process exited, how long its output may keep flowing (background children
+/// holding the pipes or the terminal).
+const DRAIN_GRACE: Duration = Duration::from_secs(2);
+
+/// What to run, from the cached CRI `ExecRequest`.
+#[derive(Debug, Clone)]
+pub struct ExecPlan {
+    pub container_id: String,
+    pub cmd: Vec<String>,
+    pub tty: bool,
+}
+
+/// Runs the exec and reports its outcome on `io`.
+pub async fn serve(containers: Arc<ContainerManager>, plan: ExecPlan, mut io: RemoteIo) {
+    let outcome = match run(&containers, &plan, &mut io).await {
+        Ok(code) => Outcome::Exited {
+            code,
+            command: plan.cmd.clone(),
+        },
+        Err(message) => Outcome::Failed(message),
+    };
+    tracing::debug!(id = %plan.container_id, ?outcome, "streaming exec ended");
+    io.finish(outcome).await;
+}
+
+fn copy_out(
+    mut from: impl tokio::io::AsyncRead + Unpin + Send + 'static,
+    to: Option<super::remotecommand::BoxWrite>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut to = to;
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            let n = match from.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            if let Some(w) = to.as_mut()
+                && (w.write_all(&buf[..n]).await.is_err() || w.flush().await.is_err())
+            {
+                to = None;
+            }
+        }
+        if let Some(mut w) = to {
+            let _ = w.shutdown().await;
+        }
+    })
+}
+
+async fn run(
+    containers: &ContainerManager,
+    plan: &ExecPlan,
+    io: &mut RemoteIo,
+) -> Result<i32, String> {
+    let (result_r, result_w): (OwnedFd, OwnedFd) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| format!("creating the exec result pipe: {e}"))?;
+    let result_fd = result_w.as_raw_fd();
+    let std_cmd = containers
+        .exec_stream_command(&plan.container_id, &plan.cmd, plan.tty, result_fd)
+        .map_err(|e| e.to_string())?;
+    let mut cmd = tokio::process::Command::from(std_cmd);
+    let mut master = None;
+    if plan.tty {
+        let (m, slave) = pty::open().map_err(|e| format!("allocating a terminal: {e}"))?;
+        let dup = |fd: &OwnedFd| {
+            fd.try_clone()
+                .map_err(|e| format!("duplicating the terminal: {e}"))
+        };
+        cmd.stdin(Stdio::from(dup(&slave)?))
+            .stdout(Stdio::from(dup(&slave)?))
+            .stderr(Stdio::from(slave));
+        master = Some(Arc::new(m));
+    } else {
+        let pipe_if = |b: bool| if b { Stdio::piped() } else { Stdio::null() };
+        cmd.stdin(pipe_if(io.stdin.is_some()))
+            .stdout(pipe_if(io.stdout.is_some()))
+            .stderr(pipe_if(io.stderr.is_some()));
+    }
+    // SAFETY: between fork and exec the closure only calls fcntl(2) on an fd number it owns,
+    // which is async-signal-safe; it allocates nothing and touches no shared state.
+    unsafe {
+        cmd.pre_exec(move || {
+            let flags = libc::fcntl(result_fd, libc::F_GETFD);
+            if flags < 0 || libc::fcntl(result_fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("starting the exec helper: {e}"))?;
+    drop(result_w);
+    // The pty's slave copies went to the child with `cmd`: drop ours so EOF can arrive.
+    drop(cmd);
+
+    let mut tasks: Vec<JoinHandle<()>> = Vec::new();
+    let mut outputs: Vec<JoinHandle<()>> = Vec::new();
+    match &master {
+        Some(m) => {
+            let (m_out, stdout) = (m.clone(), io.stdout.take());
+            outputs.push(tokio::spawn(async move {
+                let mut to = stdout;
+                let mut buf = vec![0u8; 32 * 1024];
+                loop {
+                    let n = match m_out.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    if let Some(w) = to.as_mut()
+                        && (w.write_all(&buf[..n]).await.is_err() || w.flush().await.is_err())
+                    {
+                        to = None;
+                    }
+                }
+                if let Some(mut w) = to {
+                    let _ = w.shutdown().await;
+                }
+            }));
+            if let Some(mut stdin) = io.stdin.take() {
+                let m_in = m.clone();
+                tasks.push(tokio::spawn(async move {
+                    let mut buf = vec![0u8; 32 * 1024];
+                    loop {
+                        match stdin.read(&mut buf).await {
+                            // A terminal has no end of input: the client's close changes nothing.
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => {
+                                if m_in.write_all(&buf[..n]).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                }));
+            }
+            if let Some(mut sizes) = io.resize.take() {
+                let m_size = m.clone();
+                tasks.push(tokio::spawn(async move {
+                    while let Some(size) = sizes.recv().await {
+                        if let Err(e) = m_size.resize(size) {
+                            tracing::debug!(error = %e, "setting the exec terminal size failed");
+                        }
+                    }
+                }));
+            }
+        }
+        None => {
+            if let Some(out) = child.stdout.take() {
+                outputs.push(copy_out(out, io.stdout.take()));
+            }
+            if let Some(err) = child.stderr.take() {
+                outputs.push(copy_out(err, io.stderr.take()));
+            }
+            if let (Some(mut to), Some(mut from)) = (child.stdin.take(), io.stdin.take()) {
+                tasks.push(tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut from, &mut to).await;
+                    // Dropping `to` closes the process's stdin: the client's end of input.
+                    let _ = to.shutdown().await;
+                }));
+            }
+        }
+    }
+
+    let exited = wait_or_cancel(&mut child, io).await;
+    let drained = async {
+        for o in outputs.iter_mut() {
+            let _ = o.await;
+        }
+    };
+    if tokio::time::timeout(DRAIN_GRACE, drained).await.is_err() {
+        tracing::debug!(id = %plan.container_id, "exec output still open after the process exited");
+    }
+    for t in tasks.iter().chain(outputs.iter()) {
+        t.abort();
+    }
+    exited?;
+    let report = tokio::task::spawn_blocking(move || {
+        let mut text = String::new();
+        std::fs::File::from(result_r)
+            .read_to_string(&mut text)
+            .map(|_| text)
+    })
+    .await
+    .map_err(|e| format!("reading the exec result: {e}"))?
+    .map_err(|e| format!("reading the exec result: {e}"))?;
+    let result: StreamExecResult = serde_json::from_str(report.trim()).map_err(|e| {
+        format!(
+            "exec in container {}: the helper reported no result ({e})",
+            plan.container_id
+        )
+    })?;
+    match (result.exit_code, result.error) {
+        (_, Some(error)) => Err(error),
+        (Some(code), None) => Ok(code),
+        (None, None) => Err(format!(
+            "exec in container {}: the helper reported neither an exit code nor an error",
+            plan.container_id
+        )),
+    }
+}
+
+/// Waits for the helper; if the client goes away first, the helper kills the process.
+async fn wait_or_cancel(child: &mut Child, io: &mut RemoteIo) -> Result<(), String> {
+    let mut gone = io.gone.clone();
+    tokio::select! {
+        status = child.wait() => status.map(drop).map_err(|e| format!("waiting for the exec helper: {e}")),
+        _ = wait_gone(&mut gone) => {
+            if let Some(pid) = child.id() {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+            }
+            let _ = child.wait().await;
+            Err("the client went away".into())
+        }
+    }
+}
