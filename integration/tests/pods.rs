@@ -1474,3 +1474,48 @@ async fn containers_run_with_a_default_length_state_dir() {
     node.remove_all_and_check_clean(&[&pod]).await;
     node.finish();
 }
+
+/// A host-network pod: its containers share the host's network and UTS namespaces even when
+/// their own config names no namespace options (critest's don't), as containerd's join the
+/// pause container's. A server in the container answers on the host's loopback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_network_pod_shares_the_hosts_network() {
+    let node = Node::start(&[]).await;
+    let cri = &node.cri;
+    let mut pc = node.pod_config("hostnet");
+    pc.linux
+        .get_or_insert_with(Default::default)
+        .security_context
+        .get_or_insert_with(Default::default)
+        .namespace_options = Some(keelson_cri::v1::NamespaceOption {
+        network: keelson_cri::v1::NamespaceMode::Node as i32,
+        ..Default::default()
+    });
+    let pod = cri.run_pod(&pc).await;
+    node.scrubber.track_pod(&pod);
+    let port = free_port().expect("a free port");
+    let script = format!(
+        "mkdir -p /tmp/www && echo host-net-ok > /tmp/www/index.html && exec httpd -f -p 127.0.0.1:{port} -h /tmp/www"
+    );
+    let c = cri
+        .run(&pod, &container_config("web", &node.image, &sh(&script)), &pc)
+        .await;
+    let (code, body) = http_get_retry(
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_eq!((code, body.trim()), (200, "host-net-ok"));
+    let r = cri
+        .exec_sync(&c, &["hostname"], 10)
+        .await
+        .unwrap_or_else(|s| panic!("ExecSync hostname: {:?}: {}", s.code(), s.message()));
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("hostname");
+    assert_eq!(
+        String::from_utf8_lossy(&r.stdout).trim(),
+        host.trim(),
+        "a host-network container sees the host's hostname"
+    );
+    node.remove_all_and_check_clean(&[&pod]).await;
+    node.finish();
+}

@@ -810,8 +810,9 @@ impl<'a, 'b> Builder<'a, 'b> {
         self.sc.namespace_options.clone().unwrap_or_default()
     }
 
+    /// The container's network namespace mode as it applies: see [`follow_pod`].
     fn network_mode(&self) -> cri::NamespaceMode {
-        self.namespace_options().network()
+        follow_pod(self.namespace_options().network(), &self.inp.namespaces.network)
     }
 
     fn namespaces(&self, privileged: bool) -> Result<Vec<LinuxNamespace>, SpecError> {
@@ -864,15 +865,21 @@ impl<'a, 'b> Builder<'a, 'b> {
                 }
             }
         };
+        let network_mode = self.network_mode();
         out.extend(shared(
-            opts.network(),
+            network_mode,
             LinuxNamespaceType::Network,
             &ns.network,
             "network",
         )?);
-        out.extend(shared(opts.ipc(), LinuxNamespaceType::Ipc, &ns.ipc, "ipc")?);
+        out.extend(shared(
+            follow_pod(opts.ipc(), &ns.ipc),
+            LinuxNamespaceType::Ipc,
+            &ns.ipc,
+            "ipc",
+        )?);
         // The UTS namespace follows the network's: host network pods see the host's hostname.
-        let uts_mode = if opts.network() == cri::NamespaceMode::Node {
+        let uts_mode = if network_mode == cri::NamespaceMode::Node {
             cri::NamespaceMode::Node
         } else {
             cri::NamespaceMode::Pod
@@ -1220,3 +1227,13 @@ impl<'a, 'b> Builder<'a, 'b> {
 #[cfg(test)]
 #[path = "spec_tests.rs"]
 mod tests;
+
+/// Network and IPC namespaces are the pod's, as containerd joins the pause container's: a
+/// container of a host-network (host-IPC) pod is in the host's namespace even when its own
+/// config says nothing (critest's, for one), since the sandbox pinned no namespace of its own.
+fn follow_pod(mode: cri::NamespaceMode, pinned: &Option<PathBuf>) -> cri::NamespaceMode {
+    match mode {
+        cri::NamespaceMode::Pod if pinned.is_none() => cri::NamespaceMode::Node,
+        other => other,
+    }
+}

@@ -881,10 +881,13 @@ fn namespaces_per_mode() {
             .contains(&"HOSTNAME=pod-host".to_string())
     );
 
-    // Pod namespaces without pins: new ones.
+    // A sandbox that pinned no network or IPC namespace (host network and IPC) shares the
+    // host's with its containers even when their own options say POD; UTS follows network.
+    // A pod PID namespace without a holder is a new one.
     let mut f = Fixture::new();
     f.namespaces = SandboxNamespaces::default();
-    assert!(got(&f).iter().all(|(_, path)| path.is_none()));
+    assert_eq!(got(&f), vec![(T::Pid, None), (T::Mount, None)]);
+    assert_eq!(f.ok().hostname(), &None);
 
     // TARGET joins the target's pid namespace, and needs it.
     let mut f = Fixture::new();
