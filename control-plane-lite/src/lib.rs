@@ -1,3 +1,7 @@
-//! keelson control plane library: today the storage layer the API server builds on.
+//! keelson control plane library: the storage layer, the credentials on disk, and the
+//! Kubernetes API server built on them.
 
+pub mod api;
+pub mod pki;
+pub mod server;
 pub mod store;

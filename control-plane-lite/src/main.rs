@@ -1,13 +1,17 @@
-//! Placeholder entry point until this component's issue lands.
+//! `keelson-server`: parses flags and hands over to the serve command.
+
+mod commands;
+
 use clap::Parser;
 
-/// Not built yet: see README.md for what works today.
-#[derive(Parser)]
-#[command(version, about)]
-struct Cli {}
-
-fn main() {
-    let _ = Cli::parse();
-    eprintln!("{}: not implemented yet", env!("CARGO_PKG_NAME"));
-    std::process::exit(2);
+fn main() -> std::process::ExitCode {
+    let cli = commands::serve::Cli::parse();
+    commands::init_tracing(&cli.log_format);
+    match commands::serve::run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("keelson-server: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }

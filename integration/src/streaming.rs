@@ -755,12 +755,22 @@ impl SpdyRemote {
             Some(o) => o.wait_end("stderr", left()).await?.data,
             None => Vec::new(),
         };
+        // The client closes the connection once it has read everything, as kubectl does.
+        self.handle.close().await;
         Ok(Finished {
             stdout,
             stderr,
             status: parse_status(&err.data, json_status(&self.protocol)),
             status_bytes: err.data,
         })
+    }
+}
+
+impl Drop for SpdyRemote {
+    fn drop(&mut self) {
+        // The task holds the session's `Incoming`: without it the session closes once the last
+        // handle and stream are gone.
+        self._incoming.abort();
     }
 }
 
@@ -1033,6 +1043,12 @@ pub struct SpdyPortForward {
     pub protocol: Option<String>,
     next_request: AtomicU32,
     _incoming: JoinHandle<()>,
+}
+
+impl Drop for SpdyPortForward {
+    fn drop(&mut self) {
+        self._incoming.abort();
+    }
 }
 
 /// One forwarded connection: the data stream and what arrives on the error stream.

@@ -1498,7 +1498,11 @@ async fn host_network_pod_shares_the_hosts_network() {
         "mkdir -p /tmp/www && echo host-net-ok > /tmp/www/index.html && exec httpd -f -p 127.0.0.1:{port} -h /tmp/www"
     );
     let c = cri
-        .run(&pod, &container_config("web", &node.image, &sh(&script)), &pc)
+        .run(
+            &pod,
+            &container_config("web", &node.image, &sh(&script)),
+            &pc,
+        )
         .await;
     let (code, body) = http_get_retry(
         SocketAddr::from(([127, 0, 0, 1], port)),

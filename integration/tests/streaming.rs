@@ -753,6 +753,53 @@ async fn attach_to_a_stdin_once_shell() {
     );
     remote.handle.close().await;
 
+    // A terminal container: the attacher's resizes reach its terminal, and its exit ends the
+    // session.
+    let mut term: ContainerConfig = container_config("term", &node.image, &["sh"]);
+    term.stdin = true;
+    term.tty = true;
+    let t = cri.run(&pod, &term, &pc).await;
+    cri.wait_state(&t, ContainerState::ContainerRunning, STATE_TIMEOUT)
+        .await;
+    let e = streaming::try_attach_url(cri, &t, StreamOptions::ALL)
+        .await
+        .expect_err("Attach without tty to a tty container");
+    assert_eq!(e.code(), Code::InvalidArgument, "{}", e.message());
+    let url = streaming::attach_url(cri, &t, StreamOptions::TTY).await;
+    let mut remote = ok(
+        "SPDY tty attach",
+        SpdyRemote::connect(&url, SPDY_REMOTE_COMMAND, StreamOptions::TTY).await,
+    );
+    ok("resize", remote.resize(132, 50).await);
+    let stdout = remote.stdout.clone().expect("stdout");
+    // The resize may land after the first command: ask until the size shows.
+    let deadline = Instant::now() + SESSION_TIMEOUT;
+    loop {
+        ok(
+            "stdin",
+            remote.write_stdin(b"echo rows=$(stty size)\r").await,
+        );
+        if stdout
+            .wait_contains("rows=50 132", Duration::from_millis(500))
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the terminal never got the size: {:?}",
+            stdout.text()
+        );
+    }
+    ok("stdin", remote.write_stdin(b"exit 5\r").await);
+    let r = ok("SPDY tty attach", remote.finish(SESSION_TIMEOUT).await);
+    assert_eq!(r.status, ExitStatus::Success, "{r:?}");
+    let status = cri
+        .wait_state(&t, ContainerState::ContainerExited, STATE_TIMEOUT)
+        .await;
+    assert_eq!(status.exit_code, 5, "{status:?}");
+
     node.remove_all_and_check_clean(&[&pod]).await;
     node.finish();
 }
@@ -897,6 +944,31 @@ async fn port_forward_over_spdy_websocket_and_tunnel() {
     assert_eq!(e1, port_prefix(8080), "no error for the open port");
     ok("closing", ws.close().await);
     ok("closed", ws.wait_closed(SESSION_TIMEOUT).await);
+
+    // The base64 variant: text frames.
+    let url = streaming::port_forward_url(cri, &pod, &[8080]).await;
+    let ws = ok(
+        "base64 WebSocket port-forward",
+        WsChannels::connect(&url, &["v4.base64.channel.k8s.io"]).await,
+    );
+    assert!(ws.base64, "{:?}", ws.protocol);
+    ok(
+        "request on channel 0",
+        ws.send(0, b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            .await,
+    );
+    let data = ok(
+        "base64 response on channel 0",
+        ws.channel(0)
+            .wait_for("a complete response", SESSION_TIMEOUT, |d| {
+                d.len() > 2 && streaming::parse_http_response(&d[2..]).is_some()
+            })
+            .await,
+    );
+    assert_eq!(data[..2], port_prefix(8080));
+    let (code, body) = streaming::parse_http_response(&data[2..]).expect("complete");
+    assert_eq!((code, String::from_utf8_lossy(&body).as_ref()), (200, BODY));
+    let _ = ws.close().await;
 
     // A WebSocket port-forward of a closed port alone: the error must still arrive before the
     // server closes.
@@ -1132,7 +1204,28 @@ async fn an_expired_token_is_refused() {
     let (pod, _, c) = node.pod_with_box("expiry").await;
     let early = streaming::exec_url(cri, &c, &["echo", "early"], StreamOptions::OUTPUT).await;
     let pf = streaming::port_forward_url(cri, &pod, &[80]).await;
-    tokio::time::sleep(Duration::from_secs(31)).await;
+    // A client that upgrades and then opens none of its streams is given up on after 30 s.
+    let url = streaming::exec_url(cri, &c, &["true"], StreamOptions::OUTPUT).await;
+    let idle = ok(
+        "an idle upgrade",
+        streaming::upgrade_spdy(&url, SPDY_REMOTE_COMMAND).await,
+    );
+    let opened = Instant::now();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), idle.handle.closed())
+            .await
+            .is_err(),
+        "the server dropped a fresh session before its streams could come"
+    );
+    tokio::time::sleep(Duration::from_secs(29)).await;
+    assert!(
+        tokio::time::timeout(Duration::from_secs(5), idle.handle.closed())
+            .await
+            .is_ok(),
+        "the server still holds a session without streams after {:?}",
+        opened.elapsed()
+    );
     for url in [&early, &pf] {
         let (resp, _) = ok(
             "expired token",
@@ -1278,6 +1371,39 @@ fn fd_count(pid: u32) -> usize {
         .unwrap_or(0)
 }
 
+/// What the descriptors of `pid` point at (`socket:[…]`, `pipe:[…]`, paths), with the TCP
+/// connections of its sockets, for messages.
+fn fd_targets(pid: u32) -> Vec<String> {
+    let tcp = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    let mut out: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter_map(|e| std::fs::read_link(e.path()).ok())
+                .map(|l| {
+                    let l = l.display().to_string();
+                    let inode = l
+                        .strip_prefix("socket:[")
+                        .and_then(|r| r.strip_suffix(']'))
+                        .map(str::to_owned);
+                    match inode.and_then(|i| {
+                        tcp.lines()
+                            .find(|line| line.split_whitespace().nth(9) == Some(i.as_str()))
+                            .map(|line| {
+                                let f: Vec<&str> = line.split_whitespace().collect();
+                                format!("{l} tcp {} -> {} state {}", f[1], f[2], f[3])
+                            })
+                    }) {
+                        Some(t) => t,
+                        None => l,
+                    }
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_after_the_upgrade_does_not_hurt_the_daemon() {
     let mut node = Node::start().await;
@@ -1417,7 +1543,8 @@ async fn garbage_after_the_upgrade_does_not_hurt_the_daemon() {
         }
         assert!(
             Instant::now() < deadline,
-            "the daemon holds {now} fds, {fds_before} before the garbage"
+            "the daemon holds {now} fds, {fds_before} before the garbage:\n{:#?}",
+            fd_targets(daemon_pid)
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -1488,96 +1615,50 @@ async fn concurrent_execs_keep_their_streams_apart() {
     node.remove_all_and_check_clean(&[&pod]).await;
     node.finish();
 }
-
 // DEBUG-TAP-BEGIN
-mod debug_tap {
-use super::*;
-use keelson_integration::streaming::{self, Endpoint};
-use keelson_spdy::{Frame, FrameCodec, Session};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tap() {
+async fn debug_vanish_loop() {
     let node = Node::start().await;
-    let (_pod, _, c) = node.pod_with_box("tap").await;
-    let url = streaming::exec_url(
-        &node.cri,
-        &c,
-        &["sh", "-c", "echo out; exit 3"],
-        streaming::StreamOptions::OUTPUT,
-    )
-    .await;
-    let e = Endpoint::parse(&url).unwrap();
-    let (resp, tcp) = streaming::raw_request(
-        &e,
-        "POST",
-        &streaming::spdy_upgrade_headers(&["v4.channel.k8s.io"]),
-    )
-    .await
-    .unwrap();
-    let tcp = tcp.unwrap_or_else(|| panic!("{resp:?}"));
-    let (mut tr, mut tw) = tcp.into_split();
-    let (a, b) = tokio::io::duplex(1 << 20);
-    let (mut ar, mut aw) = tokio::io::split(a);
-    let tapped = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let t2 = tapped.clone();
-    tokio::spawn(async move {
-        let _ = tokio::io::copy(&mut ar, &mut tw).await;
-        let _ = tw.shutdown().await;
-    });
-    tokio::spawn(async move {
-        let mut buf = vec![0u8; 65536];
-        loop {
-            let n = tr.read(&mut buf).await.unwrap_or(0);
-            if n == 0 {
-                break;
+    let cri = &node.cri;
+    let (_pod, _, c) = node.pod_with_box("vanishloop").await;
+    let daemon_pid = node.daemon.pid().unwrap();
+    for round in 0..40 {
+        let m = marker();
+        let script = format!("M={m}; while true; do echo $M; sleep 0.05; done");
+        let url = streaming::exec_url(cri, &c, &sh(&script), StreamOptions::ALL).await;
+        let proxy = Proxy::start(&url).await.unwrap();
+        let r = SpdyRemote::connect(&proxy.url, SPDY_REMOTE_COMMAND, StreamOptions::ALL)
+            .await
+            .unwrap();
+        let stdout = r.stdout.clone().unwrap();
+        stdout
+            .wait_contains(&format!("{m}"), SESSION_TIMEOUT)
+            .await
+            .unwrap();
+        wait_process(&format!("M={m};"), Duration::from_secs(10)).await;
+        proxy.sever(round % 2 == 1).await;
+        let left = wait_none_naming(&format!("M={m};"), Duration::from_secs(5)).await;
+        if !left.is_empty() {
+            let helper = pods::processes_naming(&format!("M={m};"));
+            let mut sig = String::new();
+            for p in &helper {
+                let st =
+                    std::fs::read_to_string(format!("/proc/{}/status", p.pid)).unwrap_or_default();
+                sig.push_str(&format!(
+                    "{}: {}\n",
+                    p.pid,
+                    st.lines()
+                        .filter(|l| l.starts_with("Sig") || l.starts_with("ShdPnd"))
+                        .collect::<Vec<_>>()
+                        .join(" | ")
+                ));
             }
-            t2.lock().unwrap().extend_from_slice(&buf[..n]);
-            if aw.write_all(&buf[..n]).await.is_err() {
-                break;
-            }
+            panic!(
+                "round {round}: survivors {left:#?}\n{sig}\ndaemon fds {:#?}",
+                fd_targets(daemon_pid)
+            );
         }
-        let _ = aw.shutdown().await;
-    });
-    let (h, _inc) = Session::client(b);
-    let mut es = h
-        .open(vec![("streamtype".into(), "error".into())])
-        .await
-        .unwrap();
-    let mut os = h
-        .open(vec![("streamtype".into(), "stdout".into())])
-        .await
-        .unwrap();
-    let mut ss = h
-        .open(vec![("streamtype".into(), "stderr".into())])
-        .await
-        .unwrap();
-    let mut v = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(10), es.read_to_end(&mut v)).await;
-    let mut o = Vec::new();
-    let _ = os.read_to_end(&mut o).await;
-    let _ = ss.read_to_end(&mut o).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let bytes = tapped.lock().unwrap().clone();
-    let mut codec = FrameCodec::new();
-    let mut bm = bytes::BytesMut::from(&bytes[..]);
-    while let Ok(Some(f)) = codec.decode(&mut bm) {
-        match f {
-            Frame::Data {
-                stream_id,
-                fin,
-                data,
-            } => eprintln!(
-                "DATA {stream_id} fin={fin} {:?}",
-                String::from_utf8_lossy(&data)
-            ),
-            f => eprintln!("{f:?}"),
-        }
+        drop(r);
     }
-    eprintln!(
-        "error stream read: {:?}; out {:?}",
-        String::from_utf8_lossy(&v),
-        String::from_utf8_lossy(&o)
-    );
-    node.remove_all_and_check_clean(&[]).await;
-}
 }
 // DEBUG-TAP-END

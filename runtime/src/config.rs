@@ -26,6 +26,10 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("invalid cgroup driver {0:?}: expected cgroupfs, systemd or auto")]
     CgroupDriver(String),
+    #[error(
+        "cgroup driver systemd needs systemd as init and a cgroup v2 host; use cgroupfs (or auto)"
+    )]
+    SystemdUnavailable,
 }
 
 /// Which cgroup manager the runtime drives.
@@ -36,20 +40,26 @@ pub enum CgroupDriver {
 }
 
 impl CgroupDriver {
-    /// `auto` picks systemd when PID 1 is systemd (it owns the cgroup tree), else cgroupfs.
-    pub fn resolve(setting: &str, systemd_booted: bool) -> Result<Self, ConfigError> {
+    /// `auto` picks systemd when it can drive the container cgroups (PID 1 is systemd, which
+    /// then owns the tree, on a cgroup v2 host: libcontainer's systemd manager is v2 only),
+    /// else cgroupfs. An explicit `systemd` where it cannot work is refused up front rather
+    /// than at each container's creation.
+    pub fn resolve(setting: &str, systemd_cgroups: bool) -> Result<Self, ConfigError> {
         match setting {
             "cgroupfs" => Ok(Self::Cgroupfs),
-            "systemd" => Ok(Self::Systemd),
-            "auto" if systemd_booted => Ok(Self::Systemd),
+            "systemd" if systemd_cgroups => Ok(Self::Systemd),
+            "systemd" => Err(ConfigError::SystemdUnavailable),
+            "auto" if systemd_cgroups => Ok(Self::Systemd),
             "auto" => Ok(Self::Cgroupfs),
             other => Err(ConfigError::CgroupDriver(other.to_string())),
         }
     }
 
-    /// What systemd itself checks to know it is the init system.
-    pub fn host_runs_systemd() -> bool {
+    /// Whether systemd can manage container cgroups here: it is the init system (what systemd
+    /// itself checks) and the host uses the unified (v2) hierarchy.
+    pub fn host_supports_systemd_cgroups() -> bool {
         Path::new("/run/systemd/system").is_dir()
+            && Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
     }
 }
 
@@ -217,7 +227,7 @@ mod tests {
             insecure_registries: vec!["other:80".into()],
             ..Default::default()
         };
-        let c = RuntimeConfig::assemble(file, flags, false).unwrap();
+        let c = RuntimeConfig::assemble(file, flags, true).unwrap();
         assert_eq!(c.socket, PathBuf::from("/tmp/flag.sock"));
         assert_eq!(c.root, PathBuf::from("/srv/k"));
         assert_eq!(c.state, PathBuf::from(DEFAULT_STATE));
@@ -270,6 +280,12 @@ mod tests {
             CgroupDriver::Cgroupfs
         );
         assert!(CgroupDriver::resolve("docker", false).is_err());
+        let e = CgroupDriver::resolve("systemd", false).unwrap_err();
+        assert!(e.to_string().contains("cgroup v2"), "{e}");
+        assert_eq!(
+            CgroupDriver::resolve("systemd", true).unwrap(),
+            CgroupDriver::Systemd
+        );
     }
 
     #[test]

@@ -115,7 +115,7 @@ impl GlobalFlags {
         Ok(RuntimeConfig::assemble(
             file,
             flags,
-            config::CgroupDriver::host_runs_systemd(),
+            config::CgroupDriver::host_supports_systemd_cgroups(),
         )?)
     }
 }

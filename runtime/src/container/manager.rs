@@ -580,6 +580,7 @@ impl ContainerManager {
             stdin: config.stdin,
             stdin_once: config.stdin_once,
             tty: config.tty,
+            systemd_cgroup: self.cgroup_driver == CgroupDriver::Systemd,
         })?;
         failpoint("container-after-shim");
         r.state = r.state.created(&id)?;
@@ -891,21 +892,27 @@ impl ContainerManager {
         })
     }
 
-    /// The (unspawned) helper command for a streaming exec in running container `id`.
+    /// The (unspawned) helper command for a streaming exec in running container `id`; with
+    /// `console_socket_fd` the process gets a terminal allocated in the container, its master
+    /// sent over that socket.
     pub fn exec_stream_command(
         &self,
         id: &str,
         cmd: &[String],
-        tty: bool,
+        console_socket_fd: Option<i32>,
         result_fd: i32,
     ) -> Result<std::process::Command, ContainerError> {
         let target = self.stream_target(id)?;
         if cmd.is_empty() {
             return Err(ContainerError::Invalid("exec command is empty".into()));
         }
-        Ok(self
-            .shim
-            .exec_stream_command(&target.id, &self.libcontainer_root, cmd, tty, result_fd))
+        Ok(self.shim.exec_stream_command(
+            &target.id,
+            &self.libcontainer_root,
+            cmd,
+            console_socket_fd,
+            result_fd,
+        ))
     }
 
     /// Stops every container of a sandbox (StopPodSandbox).

@@ -34,6 +34,9 @@ pub struct ShimLaunch {
     pub stdin_once: bool,
     /// Give the container a terminal (CRI `tty`).
     pub tty: bool,
+    /// The runtime's cgroup driver is systemd: the shim has libcontainer ask systemd for the
+    /// container's scope (`--systemd-cgroup`; the spec's cgroupsPath is `slice:keelson:id`).
+    pub systemd_cgroup: bool,
 }
 
 /// The shim side effects container logic needs.
@@ -57,14 +60,16 @@ pub trait ShimOps: Send + Sync {
         timeout: Option<Duration>,
     ) -> Result<ExecResult, ShimError>;
     /// The command that runs `cmd` in the container with the helper's own stdio as the
-    /// process's (a pty slave on all three when `tty`), reporting a `StreamExecResult` on fd
-    /// `result_fd`. Not spawned: the streaming server wires its stdio.
+    /// process's, reporting a `StreamExecResult` on fd `result_fd`; with `console_socket_fd`
+    /// (a terminal exec) the process gets a pty allocated in the container instead, whose
+    /// master the helper sends over that unix socket. Not spawned: the streaming server wires
+    /// its stdio and makes both descriptors inheritable.
     fn exec_stream_command(
         &self,
         id: &str,
         libcontainer_root: &Path,
         cmd: &[String],
-        tty: bool,
+        console_socket_fd: Option<i32>,
         result_fd: i32,
     ) -> Command;
 }
@@ -121,6 +126,7 @@ impl ShimOps for ProcessShim {
             .args(l.stdin.then_some("--stdin"))
             .args((l.stdin && l.stdin_once).then_some("--stdin-once"))
             .args(l.tty.then_some("--tty"))
+            .args(l.systemd_cgroup.then_some("--systemd-cgroup"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr);
@@ -220,7 +226,7 @@ impl ShimOps for ProcessShim {
         id: &str,
         libcontainer_root: &Path,
         cmd: &[String],
-        tty: bool,
+        console_socket_fd: Option<i32>,
         result_fd: i32,
     ) -> Command {
         let mut c = Command::new(&self.binary);
@@ -232,9 +238,13 @@ impl ShimOps for ProcessShim {
             .arg(libcontainer_root)
             .arg("--result-fd")
             .arg(result_fd.to_string());
-        if tty {
+        if let Some(fd) = console_socket_fd {
             // As containerd does for a terminal exec: programs need to know what they talk to.
-            c.arg("--tty").arg("--env").arg("TERM=xterm");
+            c.arg("--tty")
+                .arg("--console-socket-fd")
+                .arg(fd.to_string())
+                .arg("--env")
+                .arg("TERM=xterm");
         }
         c.arg("--").args(cmd);
         c

@@ -812,7 +812,10 @@ impl<'a, 'b> Builder<'a, 'b> {
 
     /// The container's network namespace mode as it applies: see [`follow_pod`].
     fn network_mode(&self) -> cri::NamespaceMode {
-        follow_pod(self.namespace_options().network(), &self.inp.namespaces.network)
+        follow_pod(
+            self.namespace_options().network(),
+            &self.inp.namespaces.network,
+        )
     }
 
     fn namespaces(&self, privileged: bool) -> Result<Vec<LinuxNamespace>, SpecError> {

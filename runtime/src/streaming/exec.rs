@@ -1,6 +1,7 @@
 //! A streaming exec: the shim's exec helper runs the command in the container (never this
-//! async daemon), its stdio wired to the client's streams through pipes or a pty; the exit code
-//! comes back on a result pipe and goes out on the error stream.
+//! async daemon), its stdio wired to the client's streams through pipes or, with `tty`, a pty
+//! the helper allocates inside the container and whose master it sends over a console socket;
+//! the exit code comes back on a result pipe and goes out on the error stream.
 
 use super::pty;
 use super::remotecommand::{Outcome, RemoteIo, wait_gone};
@@ -72,34 +73,37 @@ async fn run(
     let (result_r, result_w): (OwnedFd, OwnedFd) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| format!("creating the exec result pipe: {e}"))?;
     let result_fd = result_w.as_raw_fd();
+    // With a terminal: our end of the console socket, and the helper's (its number is passed).
+    let console = plan
+        .tty
+        .then(pty::console_socket)
+        .transpose()
+        .map_err(|e| format!("creating the exec console socket: {e}"))?;
+    let console_fd = console.as_ref().map(|(_, theirs)| theirs.as_raw_fd());
     let std_cmd = containers
-        .exec_stream_command(&plan.container_id, &plan.cmd, plan.tty, result_fd)
+        .exec_stream_command(&plan.container_id, &plan.cmd, console_fd, result_fd)
         .map_err(|e| e.to_string())?;
     let mut cmd = tokio::process::Command::from(std_cmd);
-    let mut master = None;
     if plan.tty {
-        let (m, slave) = pty::open().map_err(|e| format!("allocating a terminal: {e}"))?;
-        let dup = |fd: &OwnedFd| {
-            fd.try_clone()
-                .map_err(|e| format!("duplicating the terminal: {e}"))
-        };
-        cmd.stdin(Stdio::from(dup(&slave)?))
-            .stdout(Stdio::from(dup(&slave)?))
-            .stderr(Stdio::from(slave));
-        master = Some(Arc::new(m));
+        // The process's stdio is the container's pty: the helper's own is not used.
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
     } else {
         let pipe_if = |b: bool| if b { Stdio::piped() } else { Stdio::null() };
         cmd.stdin(pipe_if(io.stdin.is_some()))
             .stdout(pipe_if(io.stdout.is_some()))
             .stderr(pipe_if(io.stderr.is_some()));
     }
-    // SAFETY: between fork and exec the closure only calls fcntl(2) on an fd number it owns,
+    // SAFETY: between fork and exec the closure only calls fcntl(2) on fd numbers it owns,
     // which is async-signal-safe; it allocates nothing and touches no shared state.
     unsafe {
         cmd.pre_exec(move || {
-            let flags = libc::fcntl(result_fd, libc::F_GETFD);
-            if flags < 0 || libc::fcntl(result_fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
-                return Err(std::io::Error::last_os_error());
+            for fd in std::iter::once(result_fd).chain(console_fd) {
+                let flags = libc::fcntl(fd, libc::F_GETFD);
+                if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             Ok(())
         });
@@ -108,8 +112,20 @@ async fn run(
         .spawn()
         .map_err(|e| format!("starting the exec helper: {e}"))?;
     drop(result_w);
-    // The pty's slave copies went to the child with `cmd`: drop ours so EOF can arrive.
     drop(cmd);
+    // The helper's end is the helper's alone now: end of file once it (and the process in the
+    // container) closed it, sent or not.
+    let console = console.map(|(ours, theirs)| {
+        drop(theirs);
+        ours
+    });
+    let master = match console {
+        Some(socket) => {
+            let gone = io.gone.clone();
+            receive_master(&socket, &plan.container_id, child.id(), gone).await
+        }
+        None => None,
+    };
 
     let mut tasks: Vec<JoinHandle<()>> = Vec::new();
     let mut outputs: Vec<JoinHandle<()>> = Vec::new();
@@ -214,6 +230,33 @@ async fn run(
             "exec in container {}: the helper reported neither an exit code nor an error",
             plan.container_id
         )),
+    }
+}
+
+/// The exec's terminal from the helper `pid`; `None` when it failed before sending one (its
+/// result says why) or the client went away meanwhile (`wait_or_cancel` sees that next).
+async fn receive_master(
+    socket: &pty::ConsoleSocket,
+    id: &str,
+    pid: Option<u32>,
+    mut gone: tokio::sync::watch::Receiver<bool>,
+) -> Option<Arc<pty::PtyMaster>> {
+    tokio::select! {
+        received = socket.receive_master() => match received {
+            Ok(master) => master.map(Arc::new),
+            Err(e) => {
+                // Nobody could talk to the process: end it (the helper reports 137).
+                tracing::warn!(%id, error = %e, "receiving the exec terminal failed");
+                if let Some(pid) = pid {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid as i32),
+                        nix::sys::signal::Signal::SIGTERM,
+                    );
+                }
+                None
+            }
+        },
+        _ = wait_gone(&mut gone) => None,
     }
 }
 

@@ -1,10 +1,15 @@
-//! The terminal of a `tty` exec: the runtime allocates the pty, hands the slave to the exec
-//! helper as its stdio, and keeps the master to copy bytes and set the window size.
+//! The terminal of a `tty` exec: the exec helper allocates the pty inside the container (from
+//! its own devpts, as runc does for `exec -t`) and sends the master over a console socket, a
+//! unix socket pair the runtime made; the runtime keeps the master to copy bytes and set the
+//! window size.
 
 use super::remotecommand::TerminalSize;
-use nix::pty::{OpenptyResult, Winsize, openpty};
-use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use nix::pty::Winsize;
+use nix::sys::socket::{
+    AddressFamily, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg, socketpair,
+};
+use std::io::{self, IoSliceMut};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use tokio::io::unix::AsyncFd;
 
 /// The runtime's end of a pty.
@@ -12,25 +17,100 @@ pub struct PtyMaster {
     fd: AsyncFd<OwnedFd>,
 }
 
-/// Opens a pty; returns the master (non-blocking, for tokio) and the slave.
+/// Opens a pty on the host; returns the master (non-blocking, for tokio) and the slave. Only
+/// tests use it: an exec's terminal comes from inside its container ([`ConsoleSocket`]).
+#[cfg(test)]
 pub fn open() -> io::Result<(PtyMaster, OwnedFd)> {
-    let OpenptyResult { master, slave } = openpty(None, None).map_err(io::Error::from)?;
-    let flags = nix::fcntl::fcntl(&master, nix::fcntl::FcntlArg::F_GETFL)?;
-    let flags = nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK;
-    nix::fcntl::fcntl(&master, nix::fcntl::FcntlArg::F_SETFL(flags))?;
-    nix::fcntl::fcntl(
-        &master,
-        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    let nix::pty::OpenptyResult { master, slave } =
+        nix::pty::openpty(None, None).map_err(io::Error::from)?;
+    Ok((PtyMaster::from_fd(master)?, slave))
+}
+
+/// Makes `fd` non-blocking and close-on-exec.
+fn nonblocking_cloexec(fd: &OwnedFd) -> io::Result<()> {
+    use nix::fcntl::{FcntlArg, FdFlag, OFlag, fcntl};
+    let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL)?) | OFlag::O_NONBLOCK;
+    fcntl(fd, FcntlArg::F_SETFL(flags))?;
+    fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))?;
+    Ok(())
+}
+
+/// The runtime's end of an exec's console socket: the helper sends the pty master on it.
+pub struct ConsoleSocket {
+    fd: AsyncFd<OwnedFd>,
+}
+
+/// A connected unix stream socket pair: the runtime's end, and the helper's (close-on-exec:
+/// the spawn clears the flag in the child only, as for the result pipe).
+pub fn console_socket() -> io::Result<(ConsoleSocket, OwnedFd)> {
+    let (ours, theirs) = socketpair(
+        AddressFamily::Unix,
+        SockType::Stream,
+        None,
+        SockFlag::SOCK_CLOEXEC,
     )?;
-    // SAFETY: `master` is an OwnedFd, so its raw fd is valid and open, and it stays the same
+    nonblocking_cloexec(&ours)?;
+    // SAFETY: `ours` is an OwnedFd, so its raw fd is valid and open, and it stays the same
     // descriptor until the AsyncFd (which owns it) is dropped.
-    let fd = unsafe { AsyncFd::register(master) }.map_err(io::Error::from)?;
-    Ok((PtyMaster { fd }, slave))
+    let fd = unsafe { AsyncFd::register(ours) }?;
+    Ok((ConsoleSocket { fd }, theirs))
+}
+
+/// One message with at most one descriptor (`SCM_RIGHTS`, close-on-exec; extra ones are
+/// closed); `Ok(None)` at end of file or for a message without one.
+fn receive_fd(socket: RawFd) -> io::Result<Option<OwnedFd>> {
+    let mut payload = [0u8; 256];
+    let mut iov = [IoSliceMut::new(&mut payload)];
+    let mut space = nix::cmsg_space!([RawFd; 4]);
+    let msg = recvmsg::<()>(
+        socket,
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT,
+    )?;
+    let mut received = Vec::new();
+    for cmsg in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(fds) = cmsg {
+            for fd in fds {
+                // SAFETY: the kernel installed this descriptor in our table for this message;
+                // nothing else owns it.
+                received.push(unsafe { OwnedFd::from_raw_fd(fd) });
+            }
+        }
+    }
+    Ok(received.into_iter().next())
+}
+
+impl ConsoleSocket {
+    /// Waits for the pty master; `Ok(None)` when the helper closed the socket without sending
+    /// one (it failed first: its result says why).
+    pub async fn receive_master(&self) -> io::Result<Option<PtyMaster>> {
+        loop {
+            let mut guard = self.fd.readable().await?;
+            match guard.try_io(|fd| receive_fd(fd.get_ref().as_raw_fd())) {
+                Ok(Ok(Some(master))) => return PtyMaster::from_fd(master).map(Some),
+                Ok(Ok(None)) => return Ok(None),
+                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Ok(Err(e)) => return Err(e),
+                Err(_would_block) => continue,
+            }
+        }
+    }
 }
 
 nix::ioctl_write_ptr_bad!(set_winsize, libc::TIOCSWINSZ, Winsize);
 
 impl PtyMaster {
+    /// Takes a pty master (one received from an exec helper): non-blocking, close-on-exec,
+    /// registered with tokio.
+    pub fn from_fd(master: OwnedFd) -> io::Result<Self> {
+        nonblocking_cloexec(&master)?;
+        // SAFETY: `master` is an OwnedFd, so its raw fd is valid and open, and it stays the
+        // same descriptor until the AsyncFd (which owns it) is dropped.
+        let fd = unsafe { AsyncFd::register(master) }?;
+        Ok(PtyMaster { fd })
+    }
+
     /// Reads what the terminal's processes wrote; `Ok(0)` once every slave is closed (EIO).
     pub async fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
@@ -122,5 +202,61 @@ mod tests {
             total += n;
             assert!(total < 4096);
         }
+    }
+
+    #[tokio::test]
+    async fn the_master_arrives_over_the_console_socket() {
+        use nix::sys::socket::{ControlMessage, sendmsg};
+        let (socket, theirs) = console_socket().unwrap();
+        let flags = nix::fcntl::fcntl(&theirs, nix::fcntl::FcntlArg::F_GETFD).unwrap();
+        assert_ne!(
+            flags & libc::FD_CLOEXEC,
+            0,
+            "the helper's end is close-on-exec here"
+        );
+        let pty = nix::pty::openpty(None, None).unwrap();
+        let sender = tokio::task::spawn_blocking(move || {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            let fds = [pty.master.as_raw_fd()];
+            sendmsg::<()>(
+                theirs.as_raw_fd(),
+                &[std::io::IoSlice::new(b"/dev/pts/0")],
+                &[ControlMessage::ScmRights(&fds)],
+                MsgFlags::empty(),
+                None,
+            )
+            .unwrap();
+            drop(theirs);
+            pty.slave
+        });
+        let master = socket.receive_master().await.unwrap().expect("a master");
+        let slave = sender.await.unwrap();
+        master
+            .resize(TerminalSize {
+                width: 90,
+                height: 20,
+            })
+            .unwrap();
+        let mut ws = Winsize {
+            ws_row: 0,
+            ws_col: 0,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCGWINSZ writes one `struct winsize` into the live local `ws`.
+        unsafe { get_winsize(slave.as_raw_fd(), &mut ws) }.unwrap();
+        assert_eq!((ws.ws_col, ws.ws_row), (90, 20));
+        nix::unistd::write(&slave, b"x").unwrap();
+        let mut buf = [0u8; 8];
+        assert_eq!(master.read(&mut buf).await.unwrap(), 1);
+        // The sender is gone: end of file, no second master.
+        assert!(socket.receive_master().await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_helper_that_sends_nothing_is_end_of_file() {
+        let (socket, theirs) = console_socket().unwrap();
+        drop(theirs);
+        assert!(socket.receive_master().await.unwrap().is_none());
     }
 }

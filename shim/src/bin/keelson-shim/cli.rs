@@ -14,8 +14,10 @@ keelson-shim: the per-container monitor of keelson-runtime (started only by the 
 usage:
   keelson-shim [--log-format text|json] run --id ID --bundle DIR --state-dir DIR --log-path FILE
                [--libcontainer-root DIR] [--ready-fd N] [--stdin [--stdin-once]] [--tty]
+               [--systemd-cgroup]
   keelson-shim [--log-format text|json] exec --id ID [--libcontainer-root DIR] [--timeout-secs N]
-               [--env K=V]... [--cwd DIR] [--stream --result-fd N [--tty]] -- CMD [ARG]...
+               [--env K=V]... [--cwd DIR]
+               [--stream --result-fd N [--tty [--console-socket-fd N]]] -- CMD [ARG]...
   keelson-shim --help | --version
 
 run   creates the container (libcontainer), detaches, writes `ok` (or `error: ...`) and a newline
@@ -23,12 +25,16 @@ run   creates the container (libcontainer), detaches, writes `ok` (or `error: ..
       Container stdout/stderr go to --log-path in the CRI log format and to every client of
       <state-dir>/attach.sock; attach clients' stdin goes to the container with --stdin
       (--stdin-once: closed after the first client closes it). --tty: the container gets a
-      terminal (process.terminal in config.json must be true).
+      terminal (process.terminal in config.json must be true). --systemd-cgroup: cgroupsPath is
+      systemd's slice:prefix:name and systemd (over D-Bus) creates the container's scope.
 exec  runs CMD inside the running container, prints one JSON object
       {\"exit_code\",\"stdout_b64\",\"stderr_b64\",\"timed_out\",...} on stdout and exits 0;
       exits 1 with a one-line reason on stderr when CMD could not be run.
       --stream: CMD gets this process's fds 0/1/2 instead (with --tty, fd 0 must be a terminal
       and becomes its controlling terminal); {\"exit_code\",\"error\"} goes to --result-fd.
+      --console-socket-fd N (with --tty): the terminal is allocated inside the container
+      (its /dev/ptmx) instead; the master goes out over the unix socket N (SCM_RIGHTS) before
+      CMD starts, and this process's own 0/1/2 are not used.
 
 defaults: --libcontainer-root /run/keelson/runtime/libcontainer; log level from RUST_LOG
 (default: info for run, error for exec); logs go to stderr, the last line of a failure is the reason
@@ -93,6 +99,9 @@ pub struct RunArgs {
     /// Close the container's stdin when the first attach client closes it (`--stdin-once`).
     pub stdin_once: bool,
     pub tty: bool,
+    /// `--systemd-cgroup`: libcontainer's systemd cgroup manager (`cgroupsPath` is
+    /// `slice:prefix:name`).
+    pub systemd_cgroup: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,6 +117,9 @@ pub struct ExecArgs {
     pub stream: bool,
     /// `--result-fd`: where `--stream` writes its one-line JSON result (inherited descriptor).
     pub result_fd: Option<i32>,
+    /// `--console-socket-fd` (with `--tty`): allocate the terminal in the container and send its
+    /// master over this inherited unix socket.
+    pub console_socket_fd: Option<i32>,
     pub command: Vec<String>,
 }
 
@@ -263,6 +275,7 @@ fn parse_run(
     let (mut id, mut bundle, mut state_dir, mut log_path) = (None, None, None, None);
     let mut libcontainer_root = PathBuf::from(DEFAULT_LIBCONTAINER_ROOT);
     let (mut ready_fd, mut stdin, mut stdin_once, mut tty) = (None, false, false, false);
+    let mut systemd_cgroup = false;
     while let Some(item) = flags.next() {
         match item {
             Item::Flag("help", _) => return Ok((Command::Help, log_format)),
@@ -286,6 +299,7 @@ fn parse_run(
             Item::Flag("stdin", v) => stdin = switch("stdin", v)?,
             Item::Flag("stdin-once", v) => stdin_once = switch("stdin-once", v)?,
             Item::Flag("tty", v) => tty = switch("tty", v)?,
+            Item::Flag("systemd-cgroup", v) => systemd_cgroup = switch("systemd-cgroup", v)?,
             Item::Flag("log-format", v) => {
                 log_format = parse_log_format(flags.value("log-format", v)?)?
             }
@@ -328,6 +342,7 @@ fn parse_run(
             stdin,
             stdin_once,
             tty,
+            systemd_cgroup,
         }),
         log_format,
     ))
@@ -341,7 +356,7 @@ fn parse_exec(
     let mut id = None;
     let mut libcontainer_root = PathBuf::from(DEFAULT_LIBCONTAINER_ROOT);
     let (mut timeout, mut env, mut cwd, mut tty) = (None, Vec::new(), None, false);
-    let (mut stream, mut result_fd) = (false, None);
+    let (mut stream, mut result_fd, mut console_socket_fd) = (false, None, None);
     let mut command = Vec::new();
     while let Some(item) = flags.next() {
         match item {
@@ -388,6 +403,12 @@ fn parse_exec(
             Item::Flag("stream", v) => stream = switch("stream", v)?,
             Item::Flag("result-fd", v) => {
                 result_fd = Some(parse_fd("--result-fd", flags.value("result-fd", v)?)?)
+            }
+            Item::Flag("console-socket-fd", v) => {
+                console_socket_fd = Some(parse_fd(
+                    "--console-socket-fd",
+                    flags.value("console-socket-fd", v)?,
+                )?)
             }
             Item::Flag("log-format", v) => {
                 log_format = parse_log_format(flags.value("log-format", v)?)?
@@ -439,6 +460,21 @@ fn parse_exec(
             reason: "0, 1 and 2 are the process's streams",
         });
     }
+    if console_socket_fd.is_some() && !tty {
+        return Err(CliError::Needs {
+            flag: "--console-socket-fd",
+            needs: "--tty",
+        });
+    }
+    if let Some(fd) = console_socket_fd
+        && (fd <= 2 || Some(fd) == result_fd)
+    {
+        return Err(CliError::Invalid {
+            flag: "--console-socket-fd",
+            value: fd.to_string(),
+            reason: "0, 1, 2 and the result descriptor are taken",
+        });
+    }
     Ok((
         Command::Exec(ExecArgs {
             id: required(id, CMD, "--id")?,
@@ -449,6 +485,7 @@ fn parse_exec(
             tty,
             stream,
             result_fd,
+            console_socket_fd,
             command,
         }),
         log_format,
@@ -482,6 +519,7 @@ mod tests {
                 stdin: true,
                 stdin_once: false,
                 tty: false,
+                systemd_cgroup: false,
             })
         );
         let Command::Run(r) = parse(&args(
@@ -492,7 +530,20 @@ mod tests {
         else {
             panic!()
         };
-        assert!(r.stdin && r.stdin_once && r.tty);
+        assert!(r.stdin && r.stdin_once && r.tty && !r.systemd_cgroup);
+        let Command::Run(r) = parse(&args(
+            "run --id c1 --bundle /b --state-dir /s --log-path /l --systemd-cgroup",
+        ))
+        .unwrap()
+        .command
+        else {
+            panic!()
+        };
+        assert!(r.systemd_cgroup);
+        assert!(matches!(
+            parse(&args("run --id c1 --systemd-cgroup=yes")),
+            Err(CliError::UnexpectedValue { .. })
+        ));
     }
 
     #[test]
@@ -566,6 +617,7 @@ mod tests {
                 tty: false,
                 stream: false,
                 result_fd: None,
+                console_socket_fd: None,
                 command: args("sh -c --id"),
             })
         );
@@ -584,6 +636,43 @@ mod tests {
         };
         assert!(e.stream && e.tty);
         assert_eq!(e.result_fd, Some(5));
+        assert_eq!(e.console_socket_fd, None);
+        let Command::Exec(e) = parse(&args(
+            "exec --id c --stream --tty --result-fd 5 --console-socket-fd 6 -- sh",
+        ))
+        .unwrap()
+        .command
+        else {
+            panic!()
+        };
+        assert_eq!((e.result_fd, e.console_socket_fd), (Some(5), Some(6)));
+    }
+
+    #[test]
+    fn console_socket_needs_a_tty_and_its_own_descriptor() {
+        assert_eq!(
+            parse(&args(
+                "exec --id c --stream --result-fd 5 --console-socket-fd 6 -- sh"
+            )),
+            Err(CliError::Needs {
+                flag: "--console-socket-fd",
+                needs: "--tty"
+            })
+        );
+        for bad in ["5", "2", "0"] {
+            assert!(
+                matches!(
+                    parse(&args(&format!(
+                        "exec --id c --stream --tty --result-fd 5 --console-socket-fd {bad} -- sh"
+                    ))),
+                    Err(CliError::Invalid {
+                        flag: "--console-socket-fd",
+                        ..
+                    })
+                ),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

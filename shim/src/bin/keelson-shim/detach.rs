@@ -44,26 +44,37 @@ fn fork_and_leave_parent() -> Result<(), DetachError> {
     }
 }
 
-/// Close every descriptor above 2 that the caller leaked into this process, except `keep`
-/// (the ready pipe). A long-lived shim must not hold, say, the runtime's pipes open. Call it
-/// first thing, before the shim opens anything itself.
-pub fn close_inherited_fds(keep: Option<i32>) {
-    let ranges: Vec<(u32, u32)> = match keep {
-        Some(fd) if fd > 2 => {
-            let fd = fd as u32;
-            let mut r = vec![(fd + 1, u32::MAX)];
-            if fd > 3 {
-                r.push((3, fd - 1));
-            }
-            r
-        }
-        _ => vec![(3, u32::MAX)],
-    };
-    for (first, last) in ranges {
+/// Close every descriptor above 2 that the caller leaked into this process, except those in
+/// `keep` (the ready pipe, exec's result descriptor and console socket). A long-lived shim must
+/// not hold, say, the runtime's pipes open. Call it first thing, before the shim opens anything
+/// itself.
+pub fn close_inherited_fds(keep: impl IntoIterator<Item = i32>) {
+    for (first, last) in ranges_to_close(keep) {
         // SAFETY: closes descriptors this process does not use yet (nothing has been opened
         // at this point apart from what the parent passed down); no Rust object owns them.
         unsafe { libc::close_range(first, last, 0) };
     }
+}
+
+/// The descriptor ranges above 2 that leave out every descriptor in `keep`.
+fn ranges_to_close(keep: impl IntoIterator<Item = i32>) -> Vec<(u32, u32)> {
+    let mut kept: Vec<u32> = keep
+        .into_iter()
+        .filter(|fd| *fd > 2)
+        .map(|fd| fd as u32)
+        .collect();
+    kept.sort_unstable();
+    kept.dedup();
+    let mut ranges = Vec::new();
+    let mut first = 3u32;
+    for fd in kept {
+        if fd > first {
+            ranges.push((first, fd - 1));
+        }
+        first = fd + 1;
+    }
+    ranges.push((first, u32::MAX));
+    ranges
 }
 
 /// Double-fork with `setsid` in between, become a child subreaper and leave the caller's cwd.
@@ -126,5 +137,22 @@ impl ReadyPipe {
             // SAFETY: `raw` was released from the File above and is owned here; closing once.
             unsafe { libc::close(raw) };
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kept_descriptors_are_left_out_of_the_ranges() {
+        assert_eq!(ranges_to_close([]), vec![(3, u32::MAX)]);
+        assert_eq!(ranges_to_close([1, -1]), vec![(3, u32::MAX)]);
+        assert_eq!(ranges_to_close([3]), vec![(4, u32::MAX)]);
+        assert_eq!(ranges_to_close([5]), vec![(3, 4), (6, u32::MAX)]);
+        assert_eq!(
+            ranges_to_close([7, 4, 5, 7]),
+            vec![(3, 3), (6, 6), (8, u32::MAX)]
+        );
     }
 }

@@ -52,7 +52,7 @@ fn main() -> ExitCode {
             commands::run::run(args)
         }
         Command::Exec(args) => {
-            detach::close_inherited_fds(args.result_fd);
+            detach::close_inherited_fds(args.result_fd.into_iter().chain(args.console_socket_fd));
             if !args.stream {
                 // exec's stderr goes back to the runtime: keep it to errors and the final reason.
                 logging::init(cli.log_format, "error");

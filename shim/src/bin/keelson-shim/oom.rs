@@ -34,6 +34,45 @@ pub fn container_cgroup(cgroups_path: Option<&Path>, id: &str) -> PathBuf {
     path.strip_prefix("/").map(Path::to_owned).unwrap_or(path)
 }
 
+/// The cgroup systemd gives a container whose `cgroupsPath` is `slice:prefix:name`, relative to
+/// the v2 root, as libcgroups' systemd manager (running as root) names it: the slice expanded
+/// into its ancestors (`a-b.slice` is `a.slice/a-b.slice`; none is `system.slice`), then the
+/// unit: `prefix-name.scope`, or `name` itself when that is a slice.
+pub fn systemd_cgroup(cgroups_path: &Path) -> Option<PathBuf> {
+    let text = cgroups_path.to_str().filter(|p| !p.contains('/'))?;
+    let mut parts = text.split(':');
+    let (slice, prefix, name) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() || name.is_empty() {
+        return None;
+    }
+    let slice = if slice.is_empty() {
+        "system.slice"
+    } else {
+        slice
+    };
+    let stem = slice.strip_suffix(".slice").filter(|s| !s.is_empty())?;
+    let mut path = PathBuf::new();
+    if stem != "-" {
+        let mut ancestor = String::new();
+        for component in stem.split('-') {
+            if component.is_empty() {
+                return None;
+            }
+            if !ancestor.is_empty() {
+                ancestor.push('-');
+            }
+            ancestor.push_str(component);
+            path.push(format!("{ancestor}.slice"));
+        }
+    }
+    if name.ends_with(".slice") {
+        path.push(name);
+    } else {
+        path.push(format!("{prefix}-{name}.scope"));
+    }
+    Some(path)
+}
+
 /// The file holding the container's `oom_kill` counter.
 pub fn oom_counter_file(root: &Path, version: CgroupVersion, cgroup: &Path) -> PathBuf {
     match version {
@@ -61,15 +100,16 @@ impl OomCounter {
         OomCounter { file }
     }
 
-    /// For the host's cgroup layout under `/sys/fs/cgroup`.
-    pub fn for_container(cgroups_path: Option<&Path>, id: &str) -> Self {
+    /// For the host's cgroup layout under `/sys/fs/cgroup`; `systemd`: systemd placed the
+    /// container (`run --systemd-cgroup`, cgroup v2 only).
+    pub fn for_container(cgroups_path: Option<&Path>, id: &str, systemd: bool) -> Self {
         let root = Path::new("/sys/fs/cgroup");
         let version = detect_version(root);
-        Self::new(oom_counter_file(
-            root,
-            version,
-            &container_cgroup(cgroups_path, id),
-        ))
+        let cgroup = cgroups_path
+            .filter(|_| systemd && version == CgroupVersion::V2)
+            .and_then(systemd_cgroup)
+            .unwrap_or_else(|| container_cgroup(cgroups_path, id));
+        Self::new(oom_counter_file(root, version, &cgroup))
     }
 
     pub fn file(&self) -> &Path {
@@ -86,6 +126,36 @@ impl OomCounter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn systemd_cgroups_as_libcgroups_names_them() {
+        let cases = [
+            (
+                "keelson.slice:keelson:c1",
+                Some("keelson.slice/keelson-c1.scope"),
+            ),
+            (
+                "kubepods-burstable-pod1.slice:keelson:c1",
+                Some(
+                    "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1.slice/keelson-c1.scope",
+                ),
+            ),
+            (":keelson:c1", Some("system.slice/keelson-c1.scope")),
+            ("-.slice:keelson:c1", Some("keelson-c1.scope")),
+            ("machine.slice:p:sub.slice", Some("machine.slice/sub.slice")),
+            ("/keelson/c1", None),
+            ("keelson:c1", None),
+            ("notaslice:p:c1", None),
+            ("a--b.slice:p:c1", None),
+        ];
+        for (path, want) in cases {
+            assert_eq!(
+                systemd_cgroup(Path::new(path)),
+                want.map(PathBuf::from),
+                "{path}"
+            );
+        }
+    }
 
     #[test]
     fn paths_per_version() {

@@ -16,8 +16,11 @@
 //!    (every hierarchy listed in `/proc/<init>/cgroup`), `setns`es into the namespaces (user
 //!    first, mount last) and forks, so that the pid and time namespaces apply; it reports the
 //!    grandchild's pid and exits. The shim is a child subreaper: the grandchild becomes its child.
-//! 3. The grandchild follows libcontainer's init order: new session (with `--tty`, its stdin,
-//!    a terminal, becomes the session's controlling terminal), `no_new_privs` when the spec
+//! 3. The grandchild follows libcontainer's init order: with `--console-socket-fd`, a pty
+//!    from the container's `/dev/ptmx` whose master goes out over that socket (as runc's exec
+//!    with a console socket: the terminal is the container's, so `tty` names a `/dev/pts/N`
+//!    there); a new session (with `--tty`, the terminal, that pty's slave or else its stdin,
+//!    becomes the session's controlling terminal), `no_new_privs` when the spec
 //!    says true, personality, AppArmor, umask, cwd, supplementary groups, gid and uid (keeping the
 //!    capabilities), the seccomp filter *before* the capabilities are dropped when
 //!    `noNewPrivileges` is not true (loading one without `no_new_privs` needs CAP_SYS_ADMIN), the
@@ -163,6 +166,15 @@ pub struct Stdio {
     pub stdin: OwnedFd,
     pub stdout: OwnedFd,
     pub stderr: OwnedFd,
+}
+
+/// What the exec'd process's fds 0-2 become.
+pub enum ExecIo {
+    /// These descriptors (with `tty`, stdin is a terminal: the controlling terminal).
+    Stdio(Stdio),
+    /// The slave of a pty allocated in the container, whose master is sent over this
+    /// connected unix socket first.
+    Console(OwnedFd),
 }
 
 /// An error and its causes on one line.
@@ -388,7 +400,7 @@ fn send(report: &OwnedFd, kind: &str, text: &str) {
 
 /// Start the exec'd process; returns its pid (a child of this process) once it has called
 /// `execve`.
-pub fn spawn(prepared: Prepared, stdio: Stdio) -> Result<Pid, TenantError> {
+pub fn spawn(prepared: Prepared, io: ExecIo) -> Result<Pid, TenantError> {
     let id = prepared.id.clone();
     let spawn_err = |step: &'static str, source: nix::Error| TenantError::Spawn {
         id: id.clone(),
@@ -407,7 +419,7 @@ pub fn spawn(prepared: Prepared, stdio: Stdio) -> Result<Pid, TenantError> {
         ForkResult::Child => {
             drop(report_r);
             let code = catch_unwind(AssertUnwindSafe(|| {
-                run_intermediate(&prepared, stdio, report_w)
+                run_intermediate(&prepared, io, report_w)
             }))
             .unwrap_or(1);
             // SAFETY: ends this forked child without running the parent's destructors.
@@ -415,7 +427,8 @@ pub fn spawn(prepared: Prepared, stdio: Stdio) -> Result<Pid, TenantError> {
         }
         ForkResult::Parent { child } => child,
     };
-    drop(stdio);
+    // The command holds the only copies of its streams (or the console socket) from now on.
+    drop(io);
     drop(report_w);
 
     // End of file once the intermediate process exited and the command was executed (or
@@ -462,7 +475,7 @@ pub fn spawn(prepared: Prepared, stdio: Stdio) -> Result<Pid, TenantError> {
 }
 
 /// The intermediate process: join, fork the grandchild, report its pid. Returns the exit code.
-fn run_intermediate(p: &Prepared, stdio: Stdio, report: OwnedFd) -> i32 {
+fn run_intermediate(p: &Prepared, io: ExecIo, report: OwnedFd) -> i32 {
     if let Err(message) = join(p) {
         send(&report, "error", &message);
         return 1;
@@ -478,8 +491,7 @@ fn run_intermediate(p: &Prepared, stdio: Stdio, report: OwnedFd) -> i32 {
             1
         }
         Ok(ForkResult::Child) => {
-            let message = match catch_unwind(AssertUnwindSafe(|| exec_workload(&p.settings, stdio)))
-            {
+            let message = match catch_unwind(AssertUnwindSafe(|| exec_workload(&p.settings, io))) {
                 Ok(Err(message)) => message,
                 Err(_) => "the exec process panicked".to_owned(),
             };
@@ -576,14 +588,49 @@ fn load_seccomp(profile: Option<&LinuxSeccomp>) -> Result<(), String> {
     Ok(())
 }
 
+/// In the grandchild, in the container's mount namespace and still privileged: a pty from the
+/// container's `/dev/ptmx`, its master sent over `socket` (which is closed then), a new session
+/// with the slave as its controlling terminal. Returns the slave as the process's stdio.
+fn container_terminal(socket: OwnedFd, uid: u32) -> Result<Stdio, String> {
+    let terminal = console::open_exec_terminal(Path::new("/dev/ptmx"))
+        .map_err(|e| format!("failed to allocate a terminal in the container: {e}"))?;
+    // The terminal belongs to the process's user, as runc's `fixStdioPermissions` makes it
+    // (reopening it by name then works). Best effort: a uid the user namespace does not map
+    // cannot own it, and the open descriptors work regardless.
+    let _ = nix::unistd::fchown(&terminal.slave, Some(Uid::from_raw(uid)), None);
+    console::send_master(socket.as_fd(), &terminal).map_err(|e| e.to_string())?;
+    drop(socket);
+    let console::ExecTerminal { master, slave, .. } = terminal;
+    // Only the receiver holds the master now: it sees end of file once the slave is gone.
+    drop(master);
+    setsid().map_err(|e| format!("failed to start a session: {e}"))?;
+    console::set_controlling_terminal(slave.as_fd())
+        .map_err(|e| format!("failed to make the terminal the controlling terminal: {e}"))?;
+    let dup = |fd: &OwnedFd| {
+        fd.try_clone()
+            .map_err(|e| format!("failed to duplicate the terminal: {e}"))
+    };
+    Ok(Stdio {
+        stdin: dup(&slave)?,
+        stdout: dup(&slave)?,
+        stderr: slave,
+    })
+}
+
 /// In the grandchild, inside the container's namespaces: apply the settings and execute the
 /// command. Returns only on failure.
-fn exec_workload(s: &Settings, stdio: Stdio) -> Result<Infallible, String> {
-    setsid().map_err(|e| format!("failed to start a session: {e}"))?;
-    if s.tty {
-        console::set_controlling_terminal(stdio.stdin.as_fd())
-            .map_err(|e| format!("failed to make stdin the controlling terminal: {e}"))?;
-    }
+fn exec_workload(s: &Settings, io: ExecIo) -> Result<Infallible, String> {
+    let stdio = match io {
+        ExecIo::Stdio(stdio) => {
+            setsid().map_err(|e| format!("failed to start a session: {e}"))?;
+            if s.tty {
+                console::set_controlling_terminal(stdio.stdin.as_fd())
+                    .map_err(|e| format!("failed to make stdin the controlling terminal: {e}"))?;
+            }
+            stdio
+        }
+        ExecIo::Console(socket) => container_terminal(socket, s.uid)?,
+    };
     if s.no_new_privileges {
         prctl::set_no_new_privs().map_err(|e| format!("failed to set no_new_privs: {e}"))?;
     }
@@ -703,6 +750,7 @@ mod tests {
             tty: false,
             stream: false,
             result_fd: None,
+            console_socket_fd: None,
             command: command.iter().map(|s| s.to_string()).collect(),
         }
     }

@@ -4,7 +4,9 @@
 //!
 //! `exec --stream` (interactive exec, CRI Exec): the command gets this helper's own fds 0/1/2
 //! (pipes from the runtime, or with `--tty` a pty slave the runtime allocated, which becomes
-//! the command's controlling terminal). Once it is started the helper points its own 0/1/2 at
+//! the command's controlling terminal; with `--console-socket-fd N` the terminal is allocated
+//! inside the container instead and its master sent over the unix socket N, the runtime's end,
+//! see `tenant`). Once it is started the helper points its own 0/1/2 at
 //! `/dev/null`, so the runtime sees end of file when the command (and whatever inherited them)
 //! closes them, waits for it (SIGKILL at the deadline, or when the helper gets SIGTERM, SIGINT
 //! or SIGHUP) and writes one [`StreamExecResult`] JSON line to `--result-fd`. It exits 1 only
@@ -155,7 +157,7 @@ fn run_exec(args: &ExecArgs) -> Result<ExecResult> {
         stdout: stdout_w,
         stderr: stderr_w,
     };
-    let pid = tenant::spawn(prepared, stdio)?;
+    let pid = tenant::spawn(prepared, tenant::ExecIo::Stdio(stdio))?;
     info!(id = %args.id, pid = pid.as_raw(), "exec started");
 
     let signal_fd = signals::block_into_signalfd(&[
@@ -268,19 +270,25 @@ fn exec_stream(args: &ExecArgs) -> Result<()> {
 /// Take the inherited result descriptor, close-on-exec from now on (the command must not
 /// inherit it).
 fn adopt_result_fd(fd: i32) -> Result<File> {
+    adopt_fd("--result-fd", fd).map(File::from)
+}
+
+/// Take an inherited descriptor passed as `flag`, close-on-exec from now on.
+fn adopt_fd(flag: &str, fd: i32) -> Result<OwnedFd> {
     // SAFETY: F_GETFD only queries the descriptor table; any integer is harmless.
     if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
         bail!(
-            "--result-fd {fd} is not an open file descriptor: {}",
+            "{flag} {fd} is not an open file descriptor: {}",
             Errno::last()
         );
     }
-    // SAFETY: `fd` is open (checked above), was handed to this process for the result only and
-    // is kept open by `close_inherited_fds`; nothing else in the process owns it.
+    // SAFETY: `fd` is open (checked above), was handed to this process for `flag` only (the
+    // parser refuses one number for two flags) and is kept open by `close_inherited_fds`;
+    // nothing else in the process owns it.
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
     fcntl(&owned, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))
-        .with_context(|| format!("failed to make --result-fd {fd} close-on-exec"))?;
-    Ok(File::from(owned))
+        .with_context(|| format!("failed to make {flag} {fd} close-on-exec"))?;
+    Ok(owned)
 }
 
 /// A close-on-exec duplicate of one of this process's standard descriptors.
@@ -319,14 +327,22 @@ fn run_stream(args: &ExecArgs) -> Result<i32> {
             args.libcontainer_root.display()
         )
     })?;
+    // Adopted first: on any failure below, dropping it tells the runtime no terminal comes.
+    let console_socket = args
+        .console_socket_fd
+        .map(|fd| adopt_fd("--console-socket-fd", fd))
+        .transpose()?;
     let prepared = tenant::prepare(args, &root)?;
     signals::prepare_for_container()?;
-    let stdio = tenant::Stdio {
-        stdin: dup_std(0, "stdin")?,
-        stdout: dup_std(1, "stdout")?,
-        stderr: dup_std(2, "stderr")?,
+    let io = match console_socket {
+        Some(socket) => tenant::ExecIo::Console(socket),
+        None => tenant::ExecIo::Stdio(tenant::Stdio {
+            stdin: dup_std(0, "stdin")?,
+            stdout: dup_std(1, "stdout")?,
+            stderr: dup_std(2, "stderr")?,
+        }),
     };
-    let pid = tenant::spawn(prepared, stdio)?;
+    let pid = tenant::spawn(prepared, io)?;
     let started = release_std().and_then(|()| {
         Ok(signals::block_into_signalfd(&[
             Signal::SIGCHLD,

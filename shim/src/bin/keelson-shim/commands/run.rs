@@ -254,7 +254,20 @@ fn create(
 
     let (init_io, plumbing) = plumbing(args, state_dir)?;
     let own_oom_score = fs::read_to_string("/proc/self/oom_score_adj").ok();
-    let container = container::create(&args.id, bundle, root, init_io)?;
+    if args.systemd_cgroup
+        && let Some(problem) = container::systemd_driver_problem(
+            &container::SystemdHost::real(),
+            cgroups_path.as_deref(),
+        )
+    {
+        return Err(container::ContainerError {
+            action: "create",
+            id: args.id.clone(),
+            detail: problem,
+        }
+        .into());
+    }
+    let container = container::create(&args.id, bundle, root, init_io, args.systemd_cgroup)?;
     // build() wrote the container's oomScoreAdj into the shim's own score: put ours back (raising
     // is always allowed; lowering may need CAP_SYS_RESOURCE and then only warns).
     if let Some(score) = own_oom_score
@@ -286,7 +299,7 @@ fn create(
                 init_start_ticks: protocol::process_start_ticks(init_pid),
             },
         )?;
-        let oom = OomCounter::for_container(cgroups_path.as_deref(), &args.id);
+        let oom = OomCounter::for_container(cgroups_path.as_deref(), &args.id, args.systemd_cgroup);
         info!(id = %args.id, shim_pid, init_pid, oom_counter = %oom.file().display(), "container created");
         let core = Core::new(
             args.id.clone(),

@@ -1,0 +1,407 @@
+//! Server-side Tables (`Accept: application/json;as=Table;v=v1;g=meta.k8s.io`): the columns
+//! `kubectl get` prints for each served kind.
+
+use serde_json::{Value, json};
+
+use super::object::meta;
+use super::resources::Kind;
+
+/// What each row carries besides its cells (`?includeObject=`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IncludeObject {
+    None,
+    Metadata,
+    Object,
+}
+
+impl IncludeObject {
+    pub fn parse(s: Option<&str>) -> IncludeObject {
+        match s {
+            Some("None") => IncludeObject::None,
+            Some("Object") => IncludeObject::Object,
+            _ => IncludeObject::Metadata,
+        }
+    }
+}
+
+fn col(name: &str, ty: &str, format: &str, description: &str, priority: i32) -> Value {
+    json!({"name": name, "type": ty, "format": format, "description": description, "priority": priority})
+}
+
+/// The column definitions of `kind`.
+pub fn columns(kind: Kind) -> Vec<Value> {
+    let name = col(
+        "Name",
+        "string",
+        "name",
+        "Name must be unique within a namespace.",
+        0,
+    );
+    let age = col(
+        "Age",
+        "string",
+        "",
+        "CreationTimestamp is a timestamp representing the server time when this object was created.",
+        0,
+    );
+    match kind {
+        Kind::Pod => vec![
+            name,
+            col(
+                "Ready",
+                "string",
+                "",
+                "The aggregate readiness state of this pod for accepting traffic.",
+                0,
+            ),
+            col(
+                "Status",
+                "string",
+                "",
+                "The aggregate status of the containers in this pod.",
+                0,
+            ),
+            col(
+                "Restarts",
+                "string",
+                "",
+                "The number of times the containers in this pod have been restarted.",
+                0,
+            ),
+            age,
+            col("IP", "string", "", "IP address allocated to the pod.", 1),
+            col(
+                "Node",
+                "string",
+                "",
+                "Name of the Node this pod is bound to.",
+                1,
+            ),
+        ],
+        Kind::Namespace => vec![
+            name,
+            col("Status", "string", "", "The status of the namespace", 0),
+            age,
+        ],
+        Kind::ConfigMap => vec![
+            name,
+            col("Data", "string", "", "Number of data entries", 0),
+            age,
+        ],
+        Kind::Secret => vec![
+            name,
+            col("Type", "string", "", "The type of the secret", 0),
+            col("Data", "string", "", "Number of data entries", 0),
+            age,
+        ],
+        Kind::Lease => vec![
+            name,
+            col("Holder", "string", "", "The holder of the lease", 0),
+            age,
+        ],
+    }
+}
+
+/// Kubernetes' `duration.HumanDuration` of `secs`.
+pub fn human_duration(secs: i64) -> String {
+    if secs < -1 {
+        return "<invalid>".into();
+    }
+    let s = secs.max(0);
+    if s < 120 {
+        return format!("{s}s");
+    }
+    let minutes = s / 60;
+    if minutes < 10 {
+        let rest = s % 60;
+        return if rest == 0 {
+            format!("{minutes}m")
+        } else {
+            format!("{minutes}m{rest}s")
+        };
+    }
+    if minutes < 180 {
+        return format!("{minutes}m");
+    }
+    let hours = s / 3600;
+    if hours < 8 {
+        let m = minutes % 60;
+        return if m == 0 {
+            format!("{hours}h")
+        } else {
+            format!("{hours}h{m}m")
+        };
+    }
+    if hours < 48 {
+        return format!("{hours}h");
+    }
+    if hours < 24 * 8 {
+        let h = hours % 24;
+        return if h == 0 {
+            format!("{}d", hours / 24)
+        } else {
+            format!("{}d{h}h", hours / 24)
+        };
+    }
+    if hours < 24 * 365 * 2 {
+        return format!("{}d", hours / 24);
+    }
+    if hours < 24 * 365 * 8 {
+        let d = (hours / 24) % 365;
+        return if d == 0 {
+            format!("{}y", hours / 24 / 365)
+        } else {
+            format!("{}y{d}d", hours / 24 / 365)
+        };
+    }
+    format!("{}y", hours / 24 / 365)
+}
+
+/// The AGE cell: time since `creationTimestamp`, `now` in Unix seconds.
+fn age(obj: &Value, now: i64) -> String {
+    meta(obj)
+        .get("creationTimestamp")
+        .and_then(Value::as_str)
+        .and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok())
+        .map_or_else(
+            || "<unknown>".into(),
+            |t| human_duration(now - t.as_second()),
+        )
+}
+
+fn str_or_none(v: Option<&Value>) -> String {
+    match v.and_then(Value::as_str) {
+        Some(s) if !s.is_empty() => s.to_string(),
+        _ => "<none>".into(),
+    }
+}
+
+fn count(v: Option<&Value>) -> usize {
+    v.and_then(Value::as_object).map_or(0, |m| m.len())
+}
+
+/// The pod STATUS column, as kubectl's printer computes it.
+fn pod_status(pod: &Value) -> String {
+    let mut reason = pod
+        .pointer("/status/reason")
+        .and_then(Value::as_str)
+        .or_else(|| pod.pointer("/status/phase").and_then(Value::as_str))
+        .unwrap_or("Pending")
+        .to_string();
+    let statuses = pod
+        .pointer("/status/containerStatuses")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    for cs in statuses.iter().rev() {
+        if let Some(r) = cs
+            .pointer("/state/waiting/reason")
+            .and_then(Value::as_str)
+            .filter(|r| !r.is_empty())
+        {
+            reason = r.to_string();
+        } else if let Some(t) = cs.pointer("/state/terminated") {
+            reason = match t.get("reason").and_then(Value::as_str) {
+                Some(r) if !r.is_empty() => r.to_string(),
+                _ => match t.get("signal").and_then(Value::as_i64) {
+                    Some(s) if s != 0 => format!("Signal:{s}"),
+                    _ => format!(
+                        "ExitCode:{}",
+                        t.get("exitCode").and_then(Value::as_i64).unwrap_or(0)
+                    ),
+                },
+            };
+        }
+    }
+    if meta(pod).get("deletionTimestamp").is_some() {
+        reason = "Terminating".into();
+    }
+    reason
+}
+
+/// The cells of one row.
+pub fn cells(kind: Kind, obj: &Value, now: i64) -> Vec<Value> {
+    let name = json!(meta(obj).get("name").and_then(Value::as_str).unwrap_or(""));
+    let age = json!(age(obj, now));
+    match kind {
+        Kind::Pod => {
+            let total = obj
+                .pointer("/spec/containers")
+                .and_then(Value::as_array)
+                .map_or(0, Vec::len);
+            let statuses = obj
+                .pointer("/status/containerStatuses")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            let ready = statuses
+                .iter()
+                .filter(|c| c.get("ready").and_then(Value::as_bool) == Some(true))
+                .count();
+            let restarts: i64 = statuses
+                .iter()
+                .filter_map(|c| c.get("restartCount").and_then(Value::as_i64))
+                .sum();
+            vec![
+                name,
+                json!(format!("{ready}/{total}")),
+                json!(pod_status(obj)),
+                json!(restarts.to_string()),
+                age,
+                json!(str_or_none(obj.pointer("/status/podIP"))),
+                json!(str_or_none(obj.pointer("/spec/nodeName"))),
+            ]
+        }
+        Kind::Namespace => vec![
+            name,
+            json!(
+                obj.pointer("/status/phase")
+                    .and_then(Value::as_str)
+                    .unwrap_or("Active")
+            ),
+            age,
+        ],
+        Kind::ConfigMap => {
+            let n = count(obj.get("data")) + count(obj.get("binaryData"));
+            vec![name, json!(n.to_string()), age]
+        }
+        Kind::Secret => vec![
+            name,
+            json!(obj.get("type").and_then(Value::as_str).unwrap_or("Opaque")),
+            json!(count(obj.get("data")).to_string()),
+            age,
+        ],
+        Kind::Lease => vec![
+            name,
+            json!(str_or_none(obj.pointer("/spec/holderIdentity"))),
+            age,
+        ],
+    }
+}
+
+/// One table row for `obj`.
+pub fn row(kind: Kind, obj: &Value, include: IncludeObject, now: i64) -> Value {
+    let mut row = json!({"cells": cells(kind, obj, now)});
+    match include {
+        IncludeObject::None => {}
+        IncludeObject::Object => row["object"] = obj.clone(),
+        IncludeObject::Metadata => {
+            row["object"] = json!({
+                "kind": "PartialObjectMetadata",
+                "apiVersion": "meta.k8s.io/v1",
+                "metadata": meta(obj),
+            })
+        }
+    }
+    row
+}
+
+/// A whole Table; `with_columns` false leaves the definitions out (later watch events).
+pub fn table(
+    kind: Kind,
+    objs: &[Value],
+    include: IncludeObject,
+    list_meta: Value,
+    with_columns: bool,
+    now: i64,
+) -> Value {
+    json!({
+        "kind": "Table",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": list_meta,
+        "columnDefinitions": if with_columns { columns(kind) } else { Vec::new() },
+        "rows": objs.iter().map(|o| row(kind, o, include, now)).collect::<Vec<_>>(),
+    })
+}
+
+/// True if the Accept header asks for a Table.
+pub fn wants_table(accept: &str) -> bool {
+    accept.split(',').next().is_some_and(|first| {
+        let first = first.replace(' ', "");
+        first.contains("as=Table") && first.contains("g=meta.k8s.io")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_like_kubectl() {
+        assert_eq!(human_duration(5), "5s");
+        assert_eq!(human_duration(119), "119s");
+        assert_eq!(human_duration(150), "2m30s");
+        assert_eq!(human_duration(600), "10m");
+        assert_eq!(human_duration(3 * 3600 + 60), "3h1m");
+        assert_eq!(human_duration(30 * 3600), "30h");
+        assert_eq!(human_duration(3 * 86400 + 3600), "3d1h");
+        assert_eq!(human_duration(100 * 86400), "100d");
+        assert_eq!(human_duration(-5), "<invalid>");
+    }
+
+    #[test]
+    fn pod_row_has_ready_status_restarts_ip_node() {
+        let pod = json!({
+            "metadata": {"name": "web", "creationTimestamp": "2026-01-01T00:00:00Z"},
+            "spec": {"nodeName": "n1", "containers": [{"name": "a"}, {"name": "b"}]},
+            "status": {"phase": "Running", "podIP": "10.0.0.5", "containerStatuses": [
+                {"name": "a", "ready": true, "restartCount": 2, "state": {"running": {}}},
+                {"name": "b", "ready": false, "restartCount": 1, "state": {"waiting": {"reason": "CrashLoopBackOff"}}},
+            ]},
+        });
+        let now = "2026-01-01T00:00:30Z"
+            .parse::<k8s_openapi::jiff::Timestamp>()
+            .unwrap()
+            .as_second();
+        let c = cells(Kind::Pod, &pod, now);
+        assert_eq!(
+            c,
+            vec![
+                json!("web"),
+                json!("1/2"),
+                json!("CrashLoopBackOff"),
+                json!("3"),
+                json!("30s"),
+                json!("10.0.0.5"),
+                json!("n1")
+            ]
+        );
+        assert_eq!(columns(Kind::Pod).len(), c.len());
+        assert_eq!(columns(Kind::Pod)[5]["priority"], 1);
+    }
+
+    #[test]
+    fn pending_pod_and_other_kinds() {
+        let pod = json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "a"}]}, "status": {"phase": "Pending"}});
+        let c = cells(Kind::Pod, &pod, 0);
+        assert_eq!(c[2], "Pending");
+        assert_eq!(c[5], "<none>");
+        let cm = json!({"metadata": {"name": "c"}, "data": {"a": "b", "c": "d"}});
+        assert_eq!(cells(Kind::ConfigMap, &cm, 0)[1], "2");
+        let s = json!({"metadata": {"name": "s"}, "type": "Opaque", "data": {"a": "Yg=="}});
+        assert_eq!(
+            cells(Kind::Secret, &s, 0)[1..3],
+            [json!("Opaque"), json!("1")]
+        );
+        let l = json!({"metadata": {"name": "l"}, "spec": {"holderIdentity": "n1"}});
+        assert_eq!(cells(Kind::Lease, &l, 0)[1], "n1");
+        let t = table(
+            Kind::Namespace,
+            &[json!({"metadata": {"name": "default"}, "status": {"phase": "Active"}})],
+            IncludeObject::Metadata,
+            json!({"resourceVersion": "5"}),
+            true,
+            0,
+        );
+        assert_eq!(t["rows"][0]["cells"][1], "Active");
+        assert_eq!(t["rows"][0]["object"]["kind"], "PartialObjectMetadata");
+    }
+
+    #[test]
+    fn accept_header() {
+        assert!(wants_table(
+            "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json"
+        ));
+        assert!(!wants_table("application/json"));
+    }
+}
