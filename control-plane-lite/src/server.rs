@@ -18,6 +18,9 @@ use crate::api::ApiServer;
 use crate::api::auth::user_from_cert;
 use crate::pki::Pki;
 
+/// A client that has not finished its TLS handshake by then is dropped.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Why the HTTPS server could not start.
 #[derive(Debug, Error)]
 pub enum ServeError {
@@ -89,10 +92,14 @@ pub async fn serve(
         let api = api.clone();
         tokio::spawn(async move {
             let _ = tcp.set_nodelay(true);
-            let tls = match acceptor.accept(tcp).await {
-                Ok(t) => t,
-                Err(e) => {
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(t)) => t,
+                Ok(Err(e)) => {
                     tracing::debug!(%peer, error = %e, "tls handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "tls handshake timed out");
                     return;
                 }
             };

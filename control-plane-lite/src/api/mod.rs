@@ -6,8 +6,11 @@
 
 pub mod auth;
 pub mod object;
+pub mod openapi;
+pub mod proto;
 pub mod resources;
 pub mod selector;
+pub mod smp;
 pub mod status;
 pub mod table;
 mod watch;
@@ -20,7 +23,6 @@ use base64::Engine;
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
 use hyper::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Value, json};
@@ -35,6 +37,21 @@ use table::IncludeObject;
 
 /// Response bodies: whole JSON documents or a watch's event stream.
 pub type Body = UnsyncBoxBody<Bytes, Infallible>;
+
+/// Request bodies the server reads: hyper's `Incoming`, or any body in tests.
+pub trait RequestBody:
+    hyper::body::Body<Data = Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
+    + Send
+    + 'static
+{
+}
+
+impl<B> RequestBody for B where
+    B: hyper::body::Body<Data = Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
+        + Send
+        + 'static
+{
+}
 
 /// Largest request body accepted.
 const MAX_BODY: usize = 3 * 1024 * 1024;
@@ -224,10 +241,7 @@ impl ApiServer {
                 name: None,
                 sub: None,
             };
-            match self
-                .create(&target, &HashMap::new(), body.to_string().into())
-                .await
-            {
+            match self.create(&target, &HashMap::new(), body).await {
                 Ok(_) | Err(ApiError::AlreadyExists { .. }) => {}
                 Err(e) => return Err(e),
             }
@@ -236,7 +250,11 @@ impl ApiServer {
     }
 
     /// Serves one request; `cert_user` is the verified client certificate's user, if any.
-    pub async fn handle(&self, req: Request<Incoming>, cert_user: Option<User>) -> Response<Body> {
+    pub async fn handle<B: RequestBody>(
+        &self,
+        req: Request<B>,
+        cert_user: Option<User>,
+    ) -> Response<Body> {
         let method = req.method().clone();
         let path = req.uri().path().to_string();
         let content_type = req
@@ -254,9 +272,9 @@ impl ApiServer {
         resp
     }
 
-    async fn route(
+    async fn route<B: RequestBody>(
         &self,
-        req: Request<Incoming>,
+        req: Request<B>,
         cert_user: Option<User>,
     ) -> Result<Response<Body>, ApiError> {
         let path = req.uri().path().trim_end_matches('/').to_string();
@@ -306,12 +324,20 @@ impl ApiServer {
                 let t = parse_target(g, v, rest)?;
                 self.serve(t, req).await
             }
+            ["openapi", "v3"] if get => Ok(json_response(StatusCode::OK, &openapi::root())),
+            ["openapi", "v3", rest @ ..] if get => openapi::document(&rest.join("/"))
+                .map(|v| json_response(StatusCode::OK, &v))
+                .ok_or(ApiError::NoRoute),
             ["api" | "apis", ..] => Err(ApiError::MethodNotAllowed),
             _ => Err(ApiError::NoRoute),
         }
     }
 
-    async fn serve(&self, t: Target, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    async fn serve<B: RequestBody>(
+        &self,
+        t: Target,
+        req: Request<B>,
+    ) -> Result<Response<Body>, ApiError> {
         let q = parse_query(req.uri().query());
         let accept = req
             .headers()
@@ -328,6 +354,40 @@ impl ApiServer {
         let method = req.method().clone();
         let as_table = table::wants_table(&accept);
         let include = IncludeObject::parse(q.get("includeObject").map(String::as_str));
+        if let Some(sub) = t.sub.as_deref()
+            && t.res.kind == Kind::Pod
+            && matches!(sub, "binding" | "eviction")
+        {
+            if method != Method::POST {
+                return Err(ApiError::MethodNotAllowed);
+            }
+            let body = parse_json(&read_body(req).await?)?;
+            if sub == "binding" {
+                self.bind(&t, &body).await?;
+            } else {
+                let opts = body.get("deleteOptions").cloned().unwrap_or(json!({}));
+                self.delete(&t, &q, &opts).await?;
+            }
+            return Ok(json_response(
+                StatusCode::CREATED,
+                &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+            ));
+        }
+        if let Some(sub) = t.sub.as_deref()
+            && t.res.kind == Kind::Pod
+            && matches!(sub, "log" | "exec" | "attach" | "portforward")
+        {
+            let (_, pod) = self.current(&t).await?;
+            return Err(match pod["spec"]["nodeName"].as_str() {
+                Some(node) if !node.is_empty() => ApiError::Unavailable(format!(
+                    "pod {:?}: the agent of node {node:?} cannot be reached for {sub} (proxying to node agents is not served yet)",
+                    t.name()
+                )),
+                _ => {
+                    ApiError::BadRequest(format!("pod {} does not have a host assigned", t.name()))
+                }
+            });
+        }
         if let Some(sub) = &t.sub
             && !(sub == "status" && t.res.status)
         {
@@ -358,10 +418,26 @@ impl ApiServer {
                 }
                 Method::POST => {
                     let body = read_body(req).await?;
+                    let body = body_json(t.res, &content_type, &body)?;
                     let (obj, warnings) = self.create(&t, &q, body).await?;
                     Ok(with_warnings(
                         json_response(StatusCode::CREATED, &obj),
                         &warnings,
+                    ))
+                }
+                Method::DELETE => {
+                    let body = read_body(req).await?;
+                    let opts = if body.iter().all(u8::is_ascii_whitespace)
+                        || content_type.starts_with("application/vnd.kubernetes.protobuf")
+                    {
+                        json!({})
+                    } else {
+                        parse_json(&body)?
+                    };
+                    let list = self.delete_collection(&t, &q, &opts).await?;
+                    Ok(json_response(
+                        StatusCode::OK,
+                        &list.render(t.res, false, include),
                     ))
                 }
                 _ => Err(ApiError::MethodNotAllowed),
@@ -394,7 +470,7 @@ impl ApiServer {
             }
             Method::PUT => {
                 let body = read_body(req).await?;
-                let new: Value = parse_json(&body)?;
+                let new = body_json(t.res, &content_type, &body)?;
                 let (obj, warnings) = self.update(&t, &q, new).await?;
                 Ok(with_warnings(
                     json_response(StatusCode::OK, &obj),
@@ -411,7 +487,14 @@ impl ApiServer {
             }
             Method::DELETE => {
                 let body = read_body(req).await?;
-                let obj = self.delete(&t, &body).await?;
+                let opts = if content_type.starts_with("application/vnd.kubernetes.protobuf")
+                    || body.iter().all(u8::is_ascii_whitespace)
+                {
+                    json!({})
+                } else {
+                    parse_json(&body)?
+                };
+                let obj = self.delete(&t, &q, &opts).await?;
                 Ok(json_response(StatusCode::OK, &obj))
             }
             _ => Err(ApiError::MethodNotAllowed),
@@ -486,11 +569,11 @@ impl ApiServer {
         &self,
         t: &Target,
         q: &HashMap<String, String>,
-        body: Bytes,
+        body: Value,
     ) -> Result<(Value, Vec<String>), ApiError> {
         let res = t.res;
         let fv = FieldValidation::parse(q.get("fieldValidation").map(String::as_str))?;
-        let (mut obj, warnings) = object::decode(res, parse_json(&body)?, fv)?;
+        let (mut obj, warnings) = object::decode(res, body, fv)?;
         if res.namespaced {
             let ns = t.namespace.clone().unwrap_or_default();
             match meta_str(&obj, "namespace") {
@@ -600,9 +683,11 @@ impl ApiServer {
             let mut merged = cur.clone();
             merged["status"] = new.get("status").cloned().unwrap_or(Value::Null);
             new = merged;
-        } else if res.kind == Kind::Pod {
+        } else if res.status {
+            // The main resource cannot change status (the /status subresource does).
             new["status"] = cur.get("status").cloned().unwrap_or(Value::Null);
         }
+        object::default_on_create(res, &mut new);
         object::fold_string_data(res, &mut new);
         let strip = |v: &Value| {
             let mut v = v.clone();
@@ -616,7 +701,13 @@ impl ApiServer {
         let generation = cur["metadata"]["generation"].as_i64().unwrap_or(1);
         {
             let m = meta_mut(&mut new);
-            for k in ["uid", "creationTimestamp", "namespace", "deletionTimestamp"] {
+            for k in [
+                "uid",
+                "creationTimestamp",
+                "namespace",
+                "deletionTimestamp",
+                "deletionGracePeriodSeconds",
+            ] {
                 match cur["metadata"].get(k) {
                     Some(v) => m.insert(k.into(), v.clone()),
                     None => m.remove(k),
@@ -629,7 +720,10 @@ impl ApiServer {
             m.remove("managedFields");
             m.remove("selfLink");
         }
-        let causes = object::validate(res, &new);
+        let mut causes = object::validate(res, &new);
+        if t.sub.is_none() {
+            causes.extend(object::validate_update(res, cur, &new));
+        }
         if !causes.is_empty() {
             return Err(ApiError::Invalid {
                 kind: res.qualified_kind(),
@@ -658,6 +752,22 @@ impl ApiServer {
             .await
             .map_err(|e| t.store_err(e))?;
         meta_mut(&mut obj).insert("resourceVersion".into(), json!(rev.to_string()));
+        // Deletion waited for finalizers (and a pod's grace period): once none is left, the
+        // object goes.
+        let finalized = obj["metadata"].get("deletionTimestamp").is_some()
+            && obj["metadata"]["finalizers"]
+                .as_array()
+                .is_none_or(Vec::is_empty)
+            && obj["metadata"]["deletionGracePeriodSeconds"]
+                .as_i64()
+                .unwrap_or(0)
+                == 0;
+        if finalized {
+            match self.store.delete(&t.key(), Some(rev)).await {
+                Ok(_) | Err(StoreError::NotFound { .. } | StoreError::Conflict { .. }) => {}
+                Err(e) => return Err(t.store_err(e)),
+            }
+        }
         Ok(obj)
     }
 
@@ -701,9 +811,13 @@ impl ApiServer {
                         }],
                     })?;
                 }
+                "application/strategic-merge-patch+json" => {
+                    smp::apply(&mut doc, &patch)
+                        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+                }
                 other => {
                     return Err(ApiError::UnsupportedMediaType(format!(
-                        "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json (not {other:?}; strategic merge patch and server-side apply are not served yet)"
+                        "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json (not {other:?}; server-side apply is not served yet)"
                     )));
                 }
             }
@@ -716,12 +830,12 @@ impl ApiServer {
         unreachable!("the patch loop returns")
     }
 
-    async fn delete(&self, t: &Target, body: &[u8]) -> Result<Value, ApiError> {
-        let opts: Value = if body.iter().all(u8::is_ascii_whitespace) {
-            json!({})
-        } else {
-            parse_json(body)?
-        };
+    async fn delete(
+        &self,
+        t: &Target,
+        q: &HashMap<String, String>,
+        opts: &Value,
+    ) -> Result<Value, ApiError> {
         let (kv, cur) = self.current(t).await?;
         let pre = &opts["preconditions"];
         let conflict = || ApiError::Conflict {
@@ -738,11 +852,168 @@ impl ApiServer {
         {
             return Err(conflict());
         }
+        let grace = opts["gracePeriodSeconds"].as_i64().or_else(|| {
+            q.get("gracePeriodSeconds")
+                .and_then(|g| g.parse::<i64>().ok())
+        });
+        let has_finalizers = cur["metadata"]["finalizers"]
+            .as_array()
+            .is_some_and(|f| !f.is_empty());
+        // A pod bound to a node terminates gracefully: its node's agent stops it and then
+        // deletes it with a grace period of 0.
+        let bound = t.res.kind == Kind::Pod
+            && cur["spec"]["nodeName"]
+                .as_str()
+                .is_some_and(|n| !n.is_empty())
+            && !matches!(
+                cur["status"]["phase"].as_str(),
+                Some("Succeeded" | "Failed")
+            );
+        let pod_grace = if bound {
+            grace
+                .or_else(|| cur["spec"]["terminationGracePeriodSeconds"].as_i64())
+                .unwrap_or(30)
+                .max(0)
+        } else {
+            0
+        };
+        if has_finalizers || pod_grace > 0 {
+            let mut obj = cur.clone();
+            let m = meta_mut(&mut obj);
+            let already = m.contains_key("deletionTimestamp");
+            let current_grace = m
+                .get("deletionGracePeriodSeconds")
+                .and_then(Value::as_i64)
+                .unwrap_or(0);
+            let new_grace = if already {
+                pod_grace.min(current_grace)
+            } else {
+                pod_grace
+            };
+            if already && new_grace == current_grace {
+                return Ok(cur);
+            }
+            if has_finalizers || new_grace > 0 {
+                let at = object::unix_now() + new_grace;
+                if !already || new_grace < current_grace {
+                    m.insert("deletionTimestamp".into(), json!(object::rfc3339(at)));
+                }
+                m.insert("deletionGracePeriodSeconds".into(), json!(new_grace));
+                return self.write(t, &kv, obj).await;
+            }
+        }
+        if t.res.kind == Kind::Namespace {
+            self.delete_contents(t.name()).await?;
+        }
         self.store
             .delete(&t.key(), Some(kv.mod_revision))
             .await
             .map_err(|e| t.store_err(e))?;
         Ok(cur)
+    }
+
+    /// `DELETE` on a collection: deletes each object the selectors match.
+    async fn delete_collection(
+        &self,
+        t: &Target,
+        q: &HashMap<String, String>,
+        opts: &Value,
+    ) -> Result<ListPage, ApiError> {
+        let mut lq = q.clone();
+        lq.remove("limit");
+        lq.remove("continue");
+        let list = self.list(t, &lq).await?;
+        let mut deleted = Vec::new();
+        for obj in list.items {
+            let target = Target {
+                res: t.res,
+                namespace: meta_str(&obj, "namespace").map(str::to_string),
+                name: meta_str(&obj, "name").map(str::to_string),
+                sub: None,
+            };
+            match self.delete(&target, q, opts).await {
+                Ok(o) => deleted.push(o),
+                Err(ApiError::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(ListPage {
+            items: deleted,
+            revision: list.revision,
+            continue_token: None,
+        })
+    }
+
+    /// `pods/binding`: assigns an unassigned pod to the binding's target node.
+    async fn bind(&self, t: &Target, binding: &Value) -> Result<(), ApiError> {
+        let node = binding["target"]["name"].as_str().unwrap_or_default();
+        if node.is_empty() {
+            return Err(ApiError::Invalid {
+                kind: "Binding".into(),
+                name: t.name().into(),
+                causes: vec![Cause::required("target.name")],
+            });
+        }
+        for attempt in 0.. {
+            let (kv, mut pod) = self.current(t).await?;
+            if let Some(bound) = pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) {
+                return Err(ApiError::ConflictMessage(format!(
+                    "Operation cannot be fulfilled on pods/binding {:?}: pod {} is already assigned to node {bound:?}",
+                    t.name(),
+                    t.name()
+                )));
+            }
+            if meta_str(&pod, "deletionTimestamp").is_some() {
+                return Err(ApiError::ConflictMessage(format!(
+                    "Operation cannot be fulfilled on pods/binding {:?}: pod {} is being deleted, cannot be assigned to a host",
+                    t.name(),
+                    t.name()
+                )));
+            }
+            pod["spec"]["nodeName"] = json!(node);
+            let now = object::now_rfc3339();
+            let status = pod
+                .as_object_mut()
+                .expect("pod is an object")
+                .entry("status")
+                .or_insert_with(|| json!({}));
+            let conditions = status
+                .as_object_mut()
+                .map(|s| s.entry("conditions").or_insert_with(|| json!([])));
+            if let Some(Value::Array(cs)) = conditions {
+                cs.retain(|c| c["type"] != "PodScheduled");
+                cs.push(json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": now}));
+            }
+            match self.write(t, &kv, pod).await {
+                Err(ApiError::Conflict { .. }) if attempt < 5 => continue,
+                r => return r.map(|_| ()),
+            }
+        }
+        unreachable!("the bind loop returns")
+    }
+
+    /// Deletes every object in namespace `ns` (before the namespace itself goes).
+    async fn delete_contents(&self, ns: &str) -> Result<(), ApiError> {
+        for r in RESOURCES.iter().filter(|r| r.namespaced) {
+            let prefix = r.prefix(Some(ns));
+            loop {
+                let page = self
+                    .store
+                    .list(&prefix, 500, None)
+                    .await
+                    .map_err(|e| ApiError::from_store(e, &r.qualified(), ""))?;
+                for kv in &page.items {
+                    match self.store.delete(&kv.key, None).await {
+                        Ok(_) | Err(StoreError::NotFound { .. }) => {}
+                        Err(e) => return Err(ApiError::from_store(e, &r.qualified(), &kv.key)),
+                    }
+                }
+                if !page.more {
+                    break;
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -808,6 +1079,24 @@ fn parse_target(group: &str, version: &str, segs: &[&str]) -> Result<Target, Api
     })
 }
 
+/// A create or update body as JSON, from JSON or Kubernetes protobuf.
+fn body_json(res: &Resource, content_type: &str, body: &[u8]) -> Result<Value, ApiError> {
+    let media = content_type.split(';').next().unwrap_or_default().trim();
+    match media {
+        "" | "application/json" => parse_json(body),
+        "application/vnd.kubernetes.protobuf" => proto::decode(res.kind, body).map_err(|e| {
+            if matches!(e, proto::ProtoError::Unsupported(_)) {
+                ApiError::UnsupportedMediaType(e.to_string())
+            } else {
+                ApiError::BadRequest(e.to_string())
+            }
+        }),
+        other => Err(ApiError::UnsupportedMediaType(format!(
+            "the body of the request was in an unknown format - accepted media types include: application/json, application/vnd.kubernetes.protobuf (not {other:?})"
+        ))),
+    }
+}
+
 fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
     serde_json::from_slice(body).map_err(|e| {
         ApiError::BadRequest(format!(
@@ -816,7 +1105,7 @@ fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
     })
 }
 
-async fn read_body(req: Request<Incoming>) -> Result<Bytes, ApiError> {
+async fn read_body<B: RequestBody>(req: Request<B>) -> Result<Bytes, ApiError> {
     let limited = http_body_util::Limited::new(req.into_body(), MAX_BODY);
     limited
         .collect()

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use base64::Engine;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Event, Namespace, Node, Pod, Secret, ServiceAccount};
 use serde_json::{Map, Value, json};
 
 use super::resources::{Kind, Resource};
@@ -45,6 +45,9 @@ fn roundtrip(kind: Kind, value: Value) -> Result<Value, serde_json::Error> {
         Kind::Secret => rt::<Secret>(value),
         Kind::Pod => rt::<Pod>(value),
         Kind::Lease => rt::<Lease>(value),
+        Kind::Node => rt::<Node>(value),
+        Kind::ServiceAccount => rt::<ServiceAccount>(value),
+        Kind::Event => rt::<Event>(value),
     }
 }
 
@@ -204,10 +207,15 @@ pub fn unix_now() -> i64 {
 
 /// Now, as Kubernetes writes timestamps (seconds, UTC).
 pub fn now_rfc3339() -> String {
-    let now = k8s_openapi::jiff::Timestamp::from_second(unix_now())
+    rfc3339(unix_now())
+}
+
+/// A Unix time as Kubernetes writes timestamps.
+pub fn rfc3339(secs: i64) -> String {
+    let t = k8s_openapi::jiff::Timestamp::from_second(secs)
         .unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH);
-    k8s_openapi::jiff::fmt::strtime::format("%Y-%m-%dT%H:%M:%SZ", now)
-        .unwrap_or_else(|_| now.to_string())
+    k8s_openapi::jiff::fmt::strtime::format("%Y-%m-%dT%H:%M:%SZ", t)
+        .unwrap_or_else(|_| t.to_string())
 }
 
 const DNS1123_LABEL_MSG: &str = "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')";
@@ -336,6 +344,59 @@ fn validate_pod(obj: &Value, causes: &mut Vec<Cause>) {
     }
 }
 
+const POD_UPDATE_MSG: &str = "pod updates may not change fields other than `spec.containers[*].image`,`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions to existing tolerations),`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)";
+
+/// What Kubernetes refuses to change on update (the main resource, not `/status`).
+pub fn validate_update(res: &Resource, old: &Value, new: &Value) -> Vec<Cause> {
+    let mut causes = Vec::new();
+    match res.kind {
+        Kind::Pod => {
+            let mutable = |spec: &Value| {
+                let mut spec = spec.clone();
+                if let Some(m) = spec.as_object_mut() {
+                    for k in [
+                        "activeDeadlineSeconds",
+                        "tolerations",
+                        "terminationGracePeriodSeconds",
+                        "schedulingGates",
+                    ] {
+                        m.remove(k);
+                    }
+                    for list in ["containers", "initContainers"] {
+                        if let Some(cs) = m.get_mut(list).and_then(Value::as_array_mut) {
+                            for c in cs {
+                                c["image"] = Value::Null;
+                            }
+                        }
+                    }
+                }
+                spec
+            };
+            if mutable(&old["spec"]) != mutable(&new["spec"]) {
+                causes.push(Cause::forbidden("spec", POD_UPDATE_MSG));
+            }
+        }
+        Kind::ConfigMap | Kind::Secret if old["immutable"] == json!(true) => {
+            if new["immutable"] != json!(true) {
+                causes.push(Cause::forbidden(
+                    "immutable",
+                    "field is immutable when `immutable` is set",
+                ));
+            }
+            for field in ["data", "binaryData"] {
+                if old.get(field) != new.get(field) {
+                    causes.push(Cause::forbidden(
+                        field,
+                        "field is immutable when `immutable` is set",
+                    ));
+                }
+            }
+        }
+        _ => {}
+    }
+    causes
+}
+
 /// Defaults Kubernetes fills in on create.
 pub fn default_on_create(res: &Resource, obj: &mut Value) {
     match res.kind {
@@ -350,7 +411,7 @@ pub fn default_on_create(res: &Resource, obj: &mut Value) {
             }
         }
         Kind::Pod => default_pod(obj),
-        Kind::ConfigMap | Kind::Lease => {}
+        Kind::ConfigMap | Kind::Lease | Kind::Node | Kind::ServiceAccount | Kind::Event => {}
     }
 }
 
@@ -466,6 +527,24 @@ mod tests {
                 "spec.containers[1].name"
             ]
         );
+    }
+
+    #[test]
+    fn pod_updates_change_only_images() {
+        let old = json!({"spec": {"containers": [{"name": "c", "image": "a:1"}], "nodeName": ""}});
+        let mut new = old.clone();
+        new["spec"]["containers"][0]["image"] = json!("a:2");
+        new["spec"]["tolerations"] = json!([{"key": "k"}]);
+        assert!(validate_update(pods(), &old, &new).is_empty());
+        new["spec"]["nodeName"] = json!("n1");
+        let causes = validate_update(pods(), &old, &new);
+        assert_eq!(causes[0].field, "spec");
+        assert_eq!(causes[0].reason, "FieldValueForbidden");
+        let cm = Resource::find("", "v1", "configmaps").unwrap();
+        let frozen = json!({"immutable": true, "data": {"a": "b"}});
+        assert!(validate_update(cm, &frozen, &frozen).is_empty());
+        let changed = json!({"immutable": true, "data": {"a": "c"}});
+        assert_eq!(validate_update(cm, &frozen, &changed)[0].field, "data");
     }
 
     #[test]

@@ -10,6 +10,9 @@ pub enum Kind {
     Secret,
     Pod,
     Lease,
+    Node,
+    ServiceAccount,
+    Event,
 }
 
 /// Everything routing and discovery need to know about one resource.
@@ -33,7 +36,7 @@ pub const VERBS: [&str; 7] = [
     "create", "delete", "get", "list", "patch", "update", "watch",
 ];
 
-pub static RESOURCES: [Resource; 5] = [
+pub static RESOURCES: [Resource; 8] = [
     Resource {
         kind: Kind::Namespace,
         group: "",
@@ -93,6 +96,53 @@ pub static RESOURCES: [Resource; 5] = [
         short_names: &[],
         status: false,
         extra_fields: &[],
+    },
+    Resource {
+        kind: Kind::Node,
+        group: "",
+        version: "v1",
+        plural: "nodes",
+        singular: "node",
+        kind_name: "Node",
+        namespaced: false,
+        short_names: &["no"],
+        status: true,
+        extra_fields: &["spec.unschedulable"],
+    },
+    Resource {
+        kind: Kind::ServiceAccount,
+        group: "",
+        version: "v1",
+        plural: "serviceaccounts",
+        singular: "serviceaccount",
+        kind_name: "ServiceAccount",
+        namespaced: true,
+        short_names: &["sa"],
+        status: false,
+        extra_fields: &[],
+    },
+    Resource {
+        kind: Kind::Event,
+        group: "",
+        version: "v1",
+        plural: "events",
+        singular: "event",
+        kind_name: "Event",
+        namespaced: true,
+        short_names: &["ev"],
+        status: false,
+        extra_fields: &[
+            "involvedObject.kind",
+            "involvedObject.namespace",
+            "involvedObject.name",
+            "involvedObject.uid",
+            "involvedObject.apiVersion",
+            "involvedObject.resourceVersion",
+            "involvedObject.fieldPath",
+            "reason",
+            "reportingComponent",
+            "type",
+        ],
     },
 ];
 
@@ -177,6 +227,16 @@ impl Resource {
                 "kind": self.kind_name,
                 "verbs": ["get", "patch", "update"],
             }));
+        }
+        if self.kind == Kind::Pod {
+            out.push(
+                json!({"name": "pods/binding", "singularName": "", "namespaced": true,
+                "kind": "Binding", "verbs": ["create"]}),
+            );
+            out.push(
+                json!({"name": "pods/eviction", "singularName": "", "namespaced": true,
+                "group": "policy", "version": "v1", "kind": "Eviction", "verbs": ["create"]}),
+            );
         }
         out
     }

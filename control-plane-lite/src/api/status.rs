@@ -23,6 +23,14 @@ impl Cause {
         }
     }
 
+    pub fn forbidden(field: impl Into<String>, why: &str) -> Cause {
+        Cause {
+            reason: "FieldValueForbidden",
+            field: field.into(),
+            message: format!("Forbidden: {why}"),
+        }
+    }
+
     pub fn invalid(field: impl Into<String>, value: &str, why: &str) -> Cause {
         Cause {
             reason: "FieldValueInvalid",
@@ -43,6 +51,9 @@ pub enum ApiError {
         "Operation cannot be fulfilled on {resource} {name:?}: the object has been modified; please apply your changes to the latest version and try again"
     )]
     Conflict { resource: String, name: String },
+    /// A conflict with its own message (e.g. a pod already bound).
+    #[error("{0}")]
+    ConflictMessage(String),
     #[error("{kind} {name:?} is invalid: {}", join_causes(.causes))]
     Invalid {
         kind: String,
@@ -86,7 +97,9 @@ impl ApiError {
     pub fn code(&self) -> u16 {
         match self {
             ApiError::NotFound { .. } | ApiError::NoRoute => 404,
-            ApiError::AlreadyExists { .. } | ApiError::Conflict { .. } => 409,
+            ApiError::AlreadyExists { .. }
+            | ApiError::Conflict { .. }
+            | ApiError::ConflictMessage(_) => 409,
             ApiError::Invalid { .. } => 422,
             ApiError::BadRequest(_) => 400,
             ApiError::Unauthorized => 401,
@@ -104,7 +117,7 @@ impl ApiError {
         match self {
             ApiError::NotFound { .. } | ApiError::NoRoute => "NotFound",
             ApiError::AlreadyExists { .. } => "AlreadyExists",
-            ApiError::Conflict { .. } => "Conflict",
+            ApiError::Conflict { .. } | ApiError::ConflictMessage(_) => "Conflict",
             ApiError::Invalid { .. } => "Invalid",
             ApiError::BadRequest(_) => "BadRequest",
             ApiError::Unauthorized => "Unauthorized",

@@ -94,6 +94,109 @@ pub fn columns(kind: Kind) -> Vec<Value> {
             col("Data", "string", "", "Number of data entries", 0),
             age,
         ],
+        Kind::Node => vec![
+            name,
+            col("Status", "string", "", "The status of the node", 0),
+            col("Roles", "string", "", "The roles of the node", 0),
+            age,
+            col(
+                "Version",
+                "string",
+                "",
+                "Kubelet Version reported by the node.",
+                0,
+            ),
+            col(
+                "Internal-IP",
+                "string",
+                "",
+                "List of internal IPs for the node.",
+                1,
+            ),
+            col(
+                "External-IP",
+                "string",
+                "",
+                "List of external IPs for the node.",
+                1,
+            ),
+            col(
+                "OS-Image",
+                "string",
+                "",
+                "OS Image reported by the node from /etc/os-release (e.g. Debian GNU/Linux 7 (wheezy)).",
+                1,
+            ),
+            col(
+                "Kernel-Version",
+                "string",
+                "",
+                "Kernel Version reported by the node from 'uname -r' (e.g. 3.16.0-0.bpo.4-amd64).",
+                1,
+            ),
+            col(
+                "Container-Runtime",
+                "string",
+                "",
+                "ContainerRuntime Version reported by the node through runtime remote API (e.g. containerd://1.4.2).",
+                1,
+            ),
+        ],
+        Kind::ServiceAccount => vec![
+            name,
+            col(
+                "Secrets",
+                "string",
+                "",
+                "Secrets is a list of the secrets in the same namespace that pods running using this ServiceAccount are allowed to use.",
+                0,
+            ),
+            age,
+        ],
+        Kind::Event => vec![
+            col(
+                "Last Seen",
+                "string",
+                "",
+                "Time when this Event was last seen.",
+                0,
+            ),
+            col(
+                "Type",
+                "string",
+                "",
+                "Type of this event (Normal, Warning), new types could be added in the future.",
+                0,
+            ),
+            col(
+                "Reason",
+                "string",
+                "",
+                "This should be a short, machine understandable string that gives the reason for the transition into the object's current status.",
+                0,
+            ),
+            col(
+                "Object",
+                "string",
+                "",
+                "The object that this event is about.",
+                0,
+            ),
+            col(
+                "Message",
+                "string",
+                "",
+                "A human-readable description of the status of this operation.",
+                0,
+            ),
+            col(
+                "Name",
+                "string",
+                "name",
+                "Name must be unique within a namespace.",
+                1,
+            ),
+        ],
         Kind::Lease => vec![
             name,
             col("Holder", "string", "", "The holder of the lease", 0),
@@ -219,6 +322,65 @@ fn pod_status(pod: &Value) -> String {
     reason
 }
 
+/// NAME STATUS ROLES AGE VERSION, then the wide columns.
+fn node_cells(node: &Value, name: Value, age: Value) -> Vec<Value> {
+    let ready = node
+        .pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"))
+        .map(|c| c["status"].as_str().unwrap_or_default().to_string());
+    let mut status = match ready.as_deref() {
+        Some("True") => "Ready".to_string(),
+        Some("False") => "NotReady".to_string(),
+        _ => "Unknown".to_string(),
+    };
+    if node.pointer("/spec/unschedulable").and_then(Value::as_bool) == Some(true) {
+        status.push_str(",SchedulingDisabled");
+    }
+    let mut roles: Vec<String> = meta(node)
+        .get("labels")
+        .and_then(Value::as_object)
+        .map(|l| {
+            l.keys()
+                .filter_map(|k| k.strip_prefix("node-role.kubernetes.io/"))
+                .filter(|r| !r.is_empty())
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
+    roles.sort();
+    let roles = if roles.is_empty() {
+        "<none>".to_string()
+    } else {
+        roles.join(",")
+    };
+    let address = |kind: &str| {
+        node.pointer("/status/addresses")
+            .and_then(Value::as_array)
+            .and_then(|a| a.iter().find(|x| x["type"] == kind))
+            .and_then(|x| x["address"].as_str())
+            .unwrap_or("<none>")
+            .to_string()
+    };
+    let info = |k: &str| str_or_none(node.pointer(&format!("/status/nodeInfo/{k}")));
+    vec![
+        name,
+        json!(status),
+        json!(roles),
+        age,
+        json!(
+            node.pointer("/status/nodeInfo/kubeletVersion")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+        ),
+        json!(address("InternalIP")),
+        json!(address("ExternalIP")),
+        json!(info("osImage")),
+        json!(info("kernelVersion")),
+        json!(info("containerRuntimeVersion")),
+    ]
+}
+
 /// The cells of one row.
 pub fn cells(kind: Kind, obj: &Value, now: i64) -> Vec<Value> {
     let name = json!(meta(obj).get("name").and_then(Value::as_str).unwrap_or(""));
@@ -271,6 +433,59 @@ pub fn cells(kind: Kind, obj: &Value, now: i64) -> Vec<Value> {
             json!(count(obj.get("data")).to_string()),
             age,
         ],
+        Kind::Node => node_cells(obj, name, age),
+        Kind::ServiceAccount => vec![
+            name,
+            json!(
+                obj.get("secrets")
+                    .and_then(Value::as_array)
+                    .map_or(0, Vec::len)
+                    .to_string()
+            ),
+            age,
+        ],
+        Kind::Event => {
+            let last = ["lastTimestamp", "eventTime", "firstTimestamp"]
+                .iter()
+                .filter_map(|k| obj.get(*k).and_then(Value::as_str))
+                .find_map(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok())
+                .or_else(|| {
+                    meta(obj)
+                        .get("creationTimestamp")
+                        .and_then(Value::as_str)
+                        .and_then(|t| t.parse().ok())
+                })
+                .map_or_else(
+                    || "<unknown>".into(),
+                    |t| human_duration(now - t.as_second()),
+                );
+            let io = obj.get("involvedObject").unwrap_or(&Value::Null);
+            let object = format!(
+                "{}/{}",
+                io.get("kind")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_lowercase(),
+                io.get("name").and_then(Value::as_str).unwrap_or_default()
+            );
+            vec![
+                json!(last),
+                json!(obj.get("type").and_then(Value::as_str).unwrap_or_default()),
+                json!(
+                    obj.get("reason")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                ),
+                json!(object),
+                json!(
+                    obj.get("message")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .trim()
+                ),
+                name,
+            ]
+        }
         Kind::Lease => vec![
             name,
             json!(str_or_none(obj.pointer("/spec/holderIdentity"))),
@@ -395,6 +610,40 @@ mod tests {
         );
         assert_eq!(t["rows"][0]["cells"][1], "Active");
         assert_eq!(t["rows"][0]["object"]["kind"], "PartialObjectMetadata");
+    }
+
+    #[test]
+    fn node_event_and_service_account_rows() {
+        let node = json!({"metadata": {"name": "n1", "labels": {"node-role.kubernetes.io/control-plane": ""}},
+            "spec": {"unschedulable": true},
+            "status": {"conditions": [{"type": "Ready", "status": "True"}],
+                "addresses": [{"type": "InternalIP", "address": "10.0.0.1"}],
+                "nodeInfo": {"kubeletVersion": "v1.33.0", "osImage": "Debian", "kernelVersion": "6.1",
+                    "containerRuntimeVersion": "keelson://0.1.0"}}});
+        let c = cells(Kind::Node, &node, 0);
+        assert_eq!(c[1], "Ready,SchedulingDisabled");
+        assert_eq!(c[2], "control-plane");
+        assert_eq!(c[4], "v1.33.0");
+        assert_eq!(c[5], "10.0.0.1");
+        assert_eq!(c[6], "<none>");
+        assert_eq!(columns(Kind::Node).len(), c.len());
+        let ev = json!({"metadata": {"name": "e1"}, "type": "Normal", "reason": "Scheduled",
+            "involvedObject": {"kind": "Pod", "name": "web"}, "message": "assigned ",
+            "lastTimestamp": "1970-01-01T00:00:10Z"});
+        let c = cells(Kind::Event, &ev, 15);
+        assert_eq!(
+            c,
+            vec![
+                json!("5s"),
+                json!("Normal"),
+                json!("Scheduled"),
+                json!("pod/web"),
+                json!("assigned"),
+                json!("e1")
+            ]
+        );
+        let sa = json!({"metadata": {"name": "default"}, "secrets": [{"name": "x"}]});
+        assert_eq!(cells(Kind::ServiceAccount, &sa, 0)[1], "1");
     }
 
     #[test]

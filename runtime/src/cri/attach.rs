@@ -20,17 +20,18 @@ pub async fn handle(svc: &CriService, req: AttachRequest) -> Result<AttachRespon
     let containers = svc.containers.clone();
     let id = req.container_id.clone();
     let target = blocking(move || containers.stream_target(&id)).await?;
-    if req.stdin && !target.stdin {
-        return Err(Status::invalid_argument(format!(
-            "attach to container {}: stdin requested but the container was not created with stdin",
-            target.id
-        )));
-    }
-    if req.tty != target.tty {
-        return Err(Status::invalid_argument(format!(
-            "attach to container {}: tty={} requested but the container was created with tty={}",
-            target.id, req.tty, target.tty
-        )));
+    // As containerd: the container's own settings decide what there is to attach to. Stdin
+    // sent to a container created without it is dropped by its shim; a terminal container's
+    // output all arrives as stdout, whatever the request's `tty`.
+    if (req.stdin && !target.stdin) || req.tty != target.tty {
+        tracing::debug!(
+            container = %target.id,
+            stdin = req.stdin,
+            tty = req.tty,
+            created_with_stdin = target.stdin,
+            created_with_tty = target.tty,
+            "attach request differs from the container's stdio"
+        );
     }
     let req = AttachRequest {
         container_id: target.id,

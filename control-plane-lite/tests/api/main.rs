@@ -1,0 +1,781 @@
+//! API server tests below HTTP: requests go straight to `ApiServer::handle`, on both store
+//! backends (embedded and a one-member etcd the test starts): status codes and `Status`
+//! reasons, generateName and namespace checks, field validation, paging, selectors, watches
+//! (filtered transitions, bookmarks, timeouts, 410 for compacted revisions) and Tables.
+
+#[path = "../store/support.rs"]
+#[allow(dead_code)]
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request, StatusCode};
+use keelson_server::api::ApiServer;
+use keelson_server::api::auth::Tokens;
+use keelson_server::store::{EmbeddedConfig, EmbeddedStore, Store};
+use serde_json::{Value, json};
+
+const TOKEN: &str = "admin-token";
+
+struct Api {
+    api: ApiServer,
+    store: Arc<dyn Store>,
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: hyper::HeaderMap,
+    body: Value,
+}
+
+impl Api {
+    async fn new(store: Arc<dyn Store>) -> Api {
+        let api = ApiServer::new(
+            store.clone(),
+            Tokens {
+                admin: TOKEN.into(),
+                node: "node-token".into(),
+            },
+            "127.0.0.1:6443".into(),
+        );
+        api.bootstrap().await.expect("bootstrap");
+        Api { api, store }
+    }
+
+    async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: &str,
+        accept: &str,
+        body: Option<&str>,
+    ) -> hyper::Response<keelson_server::api::Body> {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("Authorization", format!("Bearer {TOKEN}"));
+        if !content_type.is_empty() {
+            req = req.header("Content-Type", content_type);
+        }
+        if !accept.is_empty() {
+            req = req.header("Accept", accept);
+        }
+        let body = Full::new(Bytes::from(body.unwrap_or_default().to_string()));
+        self.api.handle(req.body(body).unwrap(), None).await
+    }
+
+    async fn call_as(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: &str,
+        accept: &str,
+        body: Option<Value>,
+    ) -> Reply {
+        let text = body.map(|b| b.to_string());
+        let resp = self
+            .raw(method, path, content_type, accept, text.as_deref())
+            .await;
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        let body = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> Reply {
+        let ct = match method {
+            Method::PATCH => "application/merge-patch+json",
+            _ => "application/json",
+        };
+        self.call_as(method, path, ct, "application/json", body)
+            .await
+    }
+
+    /// Starts a watch and returns a function reading its next event (None: stream ended or
+    /// nothing within the timeout).
+    async fn watch(&self, path: &str) -> Watch {
+        let resp = self
+            .raw(Method::GET, path, "", "application/json", None)
+            .await;
+        Watch {
+            status: resp.status(),
+            body: resp.into_body(),
+            buf: Vec::new(),
+        }
+    }
+}
+
+struct Watch {
+    status: StatusCode,
+    body: keelson_server::api::Body,
+    buf: Vec<u8>,
+}
+
+impl Watch {
+    async fn next(&mut self, timeout: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(pos) = self.buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=pos).collect();
+                return Some(serde_json::from_slice(&line).expect("watch event is json"));
+            }
+            let frame = tokio::time::timeout_at(deadline, self.body.frame())
+                .await
+                .ok()??
+                .ok()?;
+            if let Ok(data) = frame.into_data() {
+                self.buf.extend_from_slice(&data);
+            }
+        }
+    }
+
+    /// The next event that is not a bookmark.
+    async fn next_event(&mut self) -> Value {
+        loop {
+            let ev = self
+                .next(Duration::from_secs(10))
+                .await
+                .expect("a watch event");
+            if ev["type"] != "BOOKMARK" {
+                return ev;
+            }
+        }
+    }
+}
+
+async fn embedded() -> (Arc<dyn Store>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = EmbeddedConfig {
+        progress_interval: support::TEST_PROGRESS,
+        compaction_interval: None,
+        ..EmbeddedConfig::default()
+    };
+    let path = dir.path().to_path_buf();
+    let store = tokio::task::spawn_blocking(move || EmbeddedStore::open(&path, config))
+        .await
+        .unwrap()
+        .unwrap();
+    (Arc::new(store), dir)
+}
+
+/// Runs `scenario` on the embedded store and on etcd.
+macro_rules! both_backends {
+    ($embedded:ident, $etcd:ident, $scenario:ident) => {
+        #[tokio::test]
+        async fn $embedded() {
+            support::init_tracing();
+            let (store, _dir) = embedded().await;
+            $scenario(Api::new(store).await).await;
+        }
+
+        #[tokio::test]
+        async fn $etcd() {
+            support::init_tracing();
+            let etcd = support::Etcd::start(1).await;
+            let store: Arc<dyn Store> = Arc::new(etcd.connect().await);
+            $scenario(Api::new(store).await).await;
+        }
+    };
+}
+
+fn cm(name: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": {"a": "b"}})
+}
+
+const CMS: &str = "/api/v1/namespaces/default/configmaps";
+
+async fn crud_and_errors(api: Api) {
+    let r = api.call(Method::POST, CMS, Some(cm("c"))).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let rv = r.body["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(r.body["metadata"]["namespace"], "default");
+    assert_eq!(r.body["metadata"]["generation"], 1);
+    let r = api.call(Method::GET, &format!("{CMS}/c"), None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body["metadata"]["resourceVersion"], rv.as_str());
+    let r = api.call(Method::POST, CMS, Some(cm("c"))).await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    assert_eq!(r.body["reason"], "AlreadyExists");
+    // Update with the current resourceVersion, then with the stale one.
+    let mut next = cm("c");
+    next["metadata"]["resourceVersion"] = json!(rv);
+    next["data"]["a"] = json!("c");
+    let r = api
+        .call(Method::PUT, &format!("{CMS}/c"), Some(next.clone()))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["metadata"]["generation"], 2);
+    let r = api.call(Method::PUT, &format!("{CMS}/c"), Some(next)).await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    assert_eq!(r.body["reason"], "Conflict");
+    // Patches.
+    let r = api
+        .call(
+            Method::PATCH,
+            &format!("{CMS}/c"),
+            Some(json!({"metadata": {"labels": {"x": "y"}}})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body["metadata"]["labels"]["x"], "y");
+    let r = api
+        .call_as(
+            Method::PATCH,
+            &format!("{CMS}/c"),
+            "application/json-patch+json",
+            "",
+            Some(json!([{"op": "test", "path": "/data/a", "value": "nope"}])),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.body);
+    let r = api
+        .call_as(
+            Method::PATCH,
+            &format!("{CMS}/c"),
+            "application/strategic-merge-patch+json",
+            "",
+            Some(json!({"data": {"$patch": "replace", "only": "this"}})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["data"], json!({"only": "this"}));
+    let r = api
+        .call_as(
+            Method::PATCH,
+            &format!("{CMS}/c"),
+            "application/apply-patch+yaml",
+            "",
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    // Delete with a stale precondition, then for real.
+    let r = api
+        .call(
+            Method::DELETE,
+            &format!("{CMS}/c"),
+            Some(json!({"preconditions": {"resourceVersion": rv}})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    let r = api.call(Method::DELETE, &format!("{CMS}/c"), None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let r = api.call(Method::GET, &format!("{CMS}/c"), None).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(r.body["kind"], "Status");
+    assert_eq!(r.body["reason"], "NotFound");
+    assert_eq!(r.body["message"], "configmaps \"c\" not found");
+    // Routing and authentication.
+    let r = api.call(Method::GET, "/api/v1/widgets", None).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let r = api
+        .call(Method::POST, &format!("{CMS}/c"), Some(cm("c")))
+        .await;
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(r.body["reason"], "MethodNotAllowed");
+    let anon = Request::builder()
+        .uri("/api/v1/namespaces")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = api.api.handle(anon, None).await;
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+}
+both_backends!(crud_embedded, crud_etcd, crud_and_errors);
+
+async fn create_checks(api: Api) {
+    let mut g = cm("");
+    g["metadata"] = json!({"generateName": "gen-"});
+    let r = api.call(Method::POST, CMS, Some(g)).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let name = r.body["metadata"]["name"].as_str().unwrap();
+    assert!(name.starts_with("gen-") && name.len() == 9, "{name}");
+    let mut other = cm("o");
+    other["metadata"]["namespace"] = json!("kube-system");
+    let r = api.call(Method::POST, CMS, Some(other)).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let r = api
+        .call(
+            Method::POST,
+            "/api/v1/namespaces/missing/configmaps",
+            Some(cm("m")),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(r.body["message"], "namespaces \"missing\" not found");
+    let mut unknown = cm("u");
+    unknown["bogus"] = json!(1);
+    let r = api
+        .call(
+            Method::POST,
+            &format!("{CMS}?fieldValidation=Strict"),
+            Some(unknown.clone()),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(
+        r.body["message"]
+            .as_str()
+            .unwrap()
+            .contains("unknown field \"bogus\"")
+    );
+    let r = api.call(Method::POST, CMS, Some(unknown)).await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    assert!(
+        r.headers
+            .get("Warning")
+            .is_some_and(|w| w.to_str().unwrap().contains("bogus"))
+    );
+    assert!(r.body.get("bogus").is_none());
+    let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {"containers": [{"name": "c"}]}});
+    let r = api
+        .call(Method::POST, "/api/v1/namespaces/default/pods", Some(pod))
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(r.body["reason"], "Invalid");
+    assert_eq!(
+        r.body["details"]["causes"][0]["field"],
+        "spec.containers[0].image"
+    );
+    let r = api
+        .call(Method::POST, &format!("{CMS}?dryRun=All"), Some(cm("dry")))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let r = api.call(Method::GET, &format!("{CMS}/dry"), None).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+}
+both_backends!(create_embedded, create_etcd, create_checks);
+
+async fn lists_pages_selectors_tables(api: Api) {
+    for i in 0..5 {
+        let mut c = cm(&format!("c{i}"));
+        c["metadata"]["labels"] = json!({"parity": if i % 2 == 0 { "even" } else { "odd" }});
+        assert_eq!(
+            api.call(Method::POST, CMS, Some(c)).await.status,
+            StatusCode::CREATED
+        );
+    }
+    let mut names = Vec::new();
+    let mut path = format!("{CMS}?limit=2");
+    let mut rvs = Vec::new();
+    loop {
+        let r = api.call(Method::GET, &path, None).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        assert_eq!(r.body["kind"], "ConfigMapList");
+        let items = r.body["items"].as_array().unwrap();
+        assert!(items.len() <= 2);
+        names.extend(items.iter().map(|i| i["metadata"]["name"].clone()));
+        rvs.push(r.body["metadata"]["resourceVersion"].clone());
+        match r.body["metadata"]["continue"].as_str() {
+            Some(c) => {
+                // A write between pages does not show in later pages.
+                api.call(Method::POST, CMS, Some(cm(&format!("late{}", rvs.len()))))
+                    .await;
+                path = format!("{CMS}?limit=2&continue={c}");
+            }
+            None => break,
+        }
+    }
+    assert_eq!(names, ["c0", "c1", "c2", "c3", "c4"]);
+    assert!(rvs.windows(2).all(|w| w[0] == w[1]), "{rvs:?}");
+    let r = api
+        .call(
+            Method::GET,
+            &format!("{CMS}?labelSelector=parity%3Deven"),
+            None,
+        )
+        .await;
+    assert_eq!(r.body["items"].as_array().unwrap().len(), 3);
+    let r = api
+        .call(
+            Method::GET,
+            &format!("{CMS}?labelSelector=parity%20in%20(odd)&limit=1"),
+            None,
+        )
+        .await;
+    assert_eq!(r.body["items"][0]["metadata"]["name"], "c1");
+    assert!(r.body["metadata"]["continue"].is_string());
+    let r = api
+        .call(
+            Method::GET,
+            &format!("{CMS}?fieldSelector=spec.nodeName%3Dx"),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let r = api
+        .call_as(
+            Method::GET,
+            CMS,
+            "",
+            "application/json;as=Table;v=v1;g=meta.k8s.io,application/json",
+            None,
+        )
+        .await;
+    assert_eq!(r.body["kind"], "Table");
+    let cols: Vec<&str> = r.body["columnDefinitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(cols, ["Name", "Data", "Age"]);
+    assert_eq!(r.body["rows"][0]["cells"][1], "1");
+    assert_eq!(r.body["rows"][0]["object"]["kind"], "PartialObjectMetadata");
+    // Discovery.
+    let r = api.call(Method::GET, "/api/v1", None).await;
+    assert_eq!(r.body["kind"], "APIResourceList");
+    let r = api
+        .call(Method::GET, "/apis/coordination.k8s.io/v1", None)
+        .await;
+    assert_eq!(r.body["resources"][0]["name"], "leases");
+    let r = api.call(Method::GET, "/openapi/v3", None).await;
+    let url = r.body["paths"]["apis/coordination.k8s.io/v1"]["serverRelativeURL"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = api.call(Method::GET, &url, None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body["openapi"], "3.0.0");
+}
+both_backends!(lists_embedded, lists_etcd, lists_pages_selectors_tables);
+
+async fn watches(api: Api) {
+    let r = api.call(Method::GET, CMS, None).await;
+    let rv = r.body["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut all = api
+        .watch(&format!(
+            "{CMS}?watch=1&resourceVersion={rv}&allowWatchBookmarks=true"
+        ))
+        .await;
+    assert_eq!(all.status, StatusCode::OK);
+    let mut labelled = api
+        .watch(&format!(
+            "{CMS}?watch=true&resourceVersion={rv}&labelSelector=app%3Dweb"
+        ))
+        .await;
+    api.call(Method::POST, CMS, Some(cm("w"))).await;
+    let w_path = format!("{CMS}/w");
+    let patch = |v: Value| api.call(Method::PATCH, &w_path, Some(v));
+    patch(json!({"metadata": {"labels": {"app": "web"}}})).await;
+    patch(json!({"metadata": {"labels": {"app": null}}})).await;
+    api.call(Method::DELETE, &format!("{CMS}/w"), None).await;
+    let mut types = Vec::new();
+    let mut last_rv = 0;
+    for _ in 0..4 {
+        let ev = all.next_event().await;
+        let rv: i64 = ev["object"]["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(rv > last_rv);
+        last_rv = rv;
+        types.push(ev["type"].as_str().unwrap().to_string());
+    }
+    assert_eq!(types, ["ADDED", "MODIFIED", "MODIFIED", "DELETED"]);
+    // The labelled watch sees the object enter and leave its selector.
+    let a = labelled.next_event().await;
+    assert_eq!(a["type"], "ADDED");
+    assert_eq!(a["object"]["metadata"]["labels"]["app"], "web");
+    assert_eq!(labelled.next_event().await["type"], "DELETED");
+    // Idle: a bookmark at the latest revision.
+    let bm = all.next(Duration::from_secs(10)).await.expect("a bookmark");
+    assert_eq!(bm["type"], "BOOKMARK");
+    assert_eq!(bm["object"]["kind"], "ConfigMap");
+    // Without a resourceVersion: the current objects first; timeoutSeconds ends the stream.
+    api.call(Method::POST, CMS, Some(cm("now"))).await;
+    let mut w = api.watch(&format!("{CMS}?watch=1&timeoutSeconds=1")).await;
+    let first = w.next_event().await;
+    assert_eq!(first["type"], "ADDED");
+    assert_eq!(first["object"]["metadata"]["name"], "now");
+    assert!(w.next(Duration::from_secs(5)).await.is_none());
+    // Tables over watch: one row per event, columns in the first.
+    let resp = api
+        .raw(
+            Method::GET,
+            &format!("{CMS}?watch=1&timeoutSeconds=1"),
+            "",
+            "application/json;as=Table;v=v1;g=meta.k8s.io",
+            None,
+        )
+        .await;
+    let mut tw = Watch {
+        status: resp.status(),
+        body: resp.into_body(),
+        buf: Vec::new(),
+    };
+    let ev = tw.next_event().await;
+    assert_eq!(ev["object"]["kind"], "Table");
+    assert_eq!(ev["object"]["rows"][0]["cells"][0], "now");
+    // Compacted history: 410 Gone (as the response or as an ERROR event).
+    let current = api.store.current_revision().await.unwrap();
+    api.call(
+        Method::PATCH,
+        &format!("{CMS}/now"),
+        Some(json!({"data": {"x": "1"}})),
+    )
+    .await;
+    api.store.compact(current + 1).await.unwrap();
+    let mut old = api.watch(&format!("{CMS}?watch=1&resourceVersion=1")).await;
+    if old.status != StatusCode::GONE {
+        assert_eq!(old.status, StatusCode::OK);
+        let ev = old
+            .next(Duration::from_secs(10))
+            .await
+            .expect("an error event");
+        assert_eq!(ev["type"], "ERROR");
+        assert_eq!(ev["object"]["code"], 410);
+        assert_eq!(ev["object"]["reason"], "Expired");
+    }
+}
+both_backends!(watch_embedded, watch_etcd, watches);
+
+async fn pod_status_subresource(api: Api) {
+    let pods = "/api/v1/namespaces/default/pods";
+    let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+        "spec": {"containers": [{"name": "c", "image": "busybox"}]}});
+    let r = api.call(Method::POST, pods, Some(pod)).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(r.body["spec"]["containers"][0]["imagePullPolicy"], "Always");
+    // The main resource ignores status and may change only images (and a few more fields).
+    // (A strategic merge patch: containers merge by name, so only the image changes.)
+    let r = api
+        .call_as(
+            Method::PATCH,
+            &format!("{pods}/p"),
+            "application/strategic-merge-patch+json",
+            "",
+            Some(
+                json!({"status": {"phase": "Running"}, "metadata": {"labels": {"a": "b"}},
+                "spec": {"containers": [{"name": "c", "image": "busybox:2"}]}}),
+            ),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["status"]["phase"], "Pending");
+    assert_eq!(r.body["metadata"]["labels"]["a"], "b");
+    assert_eq!(r.body["spec"]["containers"][0]["image"], "busybox:2");
+    let r = api
+        .call(
+            Method::PATCH,
+            &format!("{pods}/p"),
+            Some(json!({"spec": {"nodeName": "n1"}})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.body);
+    assert_eq!(r.body["details"]["causes"][0]["field"], "spec");
+    let binding = json!({"target": {"kind": "Node", "name": "n1"}});
+    let r = api
+        .call(Method::POST, &format!("{pods}/p/binding"), Some(binding))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    // /status changes only status.
+    let r = api
+        .call(
+            Method::PATCH,
+            &format!("{pods}/p/status"),
+            Some(json!({"status": {"phase": "Running"}, "spec": {"nodeName": "n2"}})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["status"]["phase"], "Running");
+    assert_eq!(r.body["spec"]["nodeName"], "n1");
+    // A PUT of the manifest as written (no defaults) is defaulted like a create.
+    let put = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+        "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "busybox"}]}});
+    let r = api.call(Method::PUT, &format!("{pods}/p"), Some(put)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["status"]["phase"], "Running");
+    // Immutable config maps.
+    let mut frozen = cm("frozen");
+    frozen["immutable"] = json!(true);
+    api.call(Method::POST, CMS, Some(frozen)).await;
+    let r = api
+        .call(
+            Method::PATCH,
+            &format!("{CMS}/frozen"),
+            Some(json!({"data": {"a": "changed"}})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let r = api
+        .call(
+            Method::GET,
+            "/api/v1/pods?fieldSelector=spec.nodeName%3Dn1",
+            None,
+        )
+        .await;
+    assert_eq!(r.body["items"].as_array().unwrap().len(), 1);
+    let r = api
+        .call(Method::GET, &format!("{CMS}/x/status"), None)
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+}
+both_backends!(pods_embedded, pods_etcd, pod_status_subresource);
+
+async fn deletion(api: Api) {
+    // Finalizers hold an object until the last one is removed.
+    let mut c = cm("held");
+    c["metadata"]["finalizers"] = json!(["example.com/hold"]);
+    api.call(Method::POST, CMS, Some(c)).await;
+    let r = api.call(Method::DELETE, &format!("{CMS}/held"), None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(
+        r.body["metadata"]["deletionTimestamp"].is_string(),
+        "{}",
+        r.body
+    );
+    let r = api.call(Method::GET, &format!("{CMS}/held"), None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let r = api
+        .call(
+            Method::PATCH,
+            &format!("{CMS}/held"),
+            Some(json!({"metadata": {"finalizers": null}})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let r = api.call(Method::GET, &format!("{CMS}/held"), None).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    // A bound pod terminates gracefully; grace 0 ends it.
+    let pods = "/api/v1/namespaces/default/pods";
+    let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "b"},
+        "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "busybox"}]}});
+    api.call(Method::POST, pods, Some(pod)).await;
+    let r = api.call(Method::DELETE, &format!("{pods}/b"), None).await;
+    assert_eq!(r.body["metadata"]["deletionGracePeriodSeconds"], 30);
+    let r = api
+        .call(
+            Method::DELETE,
+            &format!("{pods}/b"),
+            Some(json!({"gracePeriodSeconds": 0})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let r = api.call(Method::GET, &format!("{pods}/b"), None).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    // An unbound pod goes at once.
+    let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "u"},
+        "spec": {"containers": [{"name": "c", "image": "busybox"}]}});
+    api.call(Method::POST, pods, Some(pod)).await;
+    api.call(Method::DELETE, &format!("{pods}/u"), None).await;
+    let r = api.call(Method::GET, &format!("{pods}/u"), None).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    // A namespace takes its contents with it.
+    let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "tmp"}});
+    api.call(Method::POST, "/api/v1/namespaces", Some(ns.clone()))
+        .await;
+    api.call(
+        Method::POST,
+        "/api/v1/namespaces/tmp/configmaps",
+        Some(cm("in")),
+    )
+    .await;
+    let r = api
+        .call(Method::DELETE, "/api/v1/namespaces/tmp", None)
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    api.call(Method::POST, "/api/v1/namespaces", Some(ns)).await;
+    let r = api
+        .call(Method::GET, "/api/v1/namespaces/tmp/configmaps/in", None)
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+}
+both_backends!(deletion_embedded, deletion_etcd, deletion);
+
+async fn binding_eviction_deletecollection(api: Api) {
+    let pods = "/api/v1/namespaces/default/pods";
+    for name in ["a", "b"] {
+        let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": {"app": "x"}},
+            "spec": {"containers": [{"name": "c", "image": "busybox"}]}});
+        api.call(Method::POST, pods, Some(pod)).await;
+    }
+    let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "a"},
+        "target": {"apiVersion": "v1", "kind": "Node", "name": "n1"}});
+    let r = api
+        .call(
+            Method::POST,
+            &format!("{pods}/a/binding"),
+            Some(binding.clone()),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let r = api.call(Method::GET, &format!("{pods}/a"), None).await;
+    assert_eq!(r.body["spec"]["nodeName"], "n1");
+    assert_eq!(r.body["status"]["conditions"][0]["type"], "PodScheduled");
+    let r = api
+        .call(Method::POST, &format!("{pods}/a/binding"), Some(binding))
+        .await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    assert!(
+        r.body["message"]
+            .as_str()
+            .unwrap()
+            .contains("already assigned to node \"n1\"")
+    );
+    let r = api
+        .call(
+            Method::POST,
+            &format!("{pods}/b/binding"),
+            Some(json!({"target": {}})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    // Streaming subresources: 503 while node agents cannot be reached, 400 when unbound.
+    let r = api.call(Method::GET, &format!("{pods}/a/log"), None).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
+    let r = api.call(Method::GET, &format!("{pods}/b/log"), None).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    // Eviction deletes (an unbound pod at once).
+    let eviction =
+        json!({"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": "b"}});
+    let r = api
+        .call(Method::POST, &format!("{pods}/b/eviction"), Some(eviction))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let r = api.call(Method::GET, &format!("{pods}/b"), None).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    // deletecollection with a selector.
+    for name in ["x1", "x2", "y1"] {
+        let mut c = cm(name);
+        c["metadata"]["labels"] = json!({"group": &name[..1]});
+        api.call(Method::POST, CMS, Some(c)).await;
+    }
+    let r = api
+        .call(
+            Method::DELETE,
+            &format!("{CMS}?labelSelector=group%3Dx"),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["items"].as_array().unwrap().len(), 2);
+    let r = api.call(Method::GET, CMS, None).await;
+    let names: Vec<&str> = r.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["metadata"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["y1"]);
+}
+both_backends!(
+    binding_embedded,
+    binding_etcd,
+    binding_eviction_deletecollection
+);
