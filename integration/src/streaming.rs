@@ -436,7 +436,12 @@ impl Output {
         done: impl Fn(&[u8]) -> bool,
     ) -> Result<Vec<u8>> {
         let mut rx = self.rx.clone();
-        let r = tokio::time::timeout(timeout, rx.wait_for(|s| done(&s.data) || s.ended)).await;
+        // The guard `wait_for` returns is dropped at once: holding it while reading the state
+        // again would deadlock against the writer.
+        let r = tokio::time::timeout(timeout, async {
+            rx.wait_for(|s| done(&s.data) || s.ended).await.is_ok()
+        })
+        .await;
         let state = self.state();
         if done(&state.data) {
             return Ok(state.data);
@@ -468,7 +473,8 @@ impl Output {
     /// Waits (≤ `timeout`) for the end; returns everything.
     pub async fn wait_end(&self, what: &str, timeout: Duration) -> Result<OutputState> {
         let mut rx = self.rx.clone();
-        match tokio::time::timeout(timeout, rx.wait_for(|s| s.ended)).await {
+        let ended = tokio::time::timeout(timeout, async { rx.wait_for(|s| s.ended).await.is_ok() }).await;
+        match ended {
             Ok(_) => Ok(self.state()),
             Err(_) => bail!(
                 "{what} did not end within {timeout:?}; got {:?}",

@@ -46,6 +46,25 @@ struct Node {
     dirs: DaemonDirs,
     base: tempfile::TempDir,
     leaks: std::sync::Mutex<Vec<String>>,
+    /// Pods this node ran, for [`Node`]'s drop.
+    pods: std::sync::Mutex<Vec<String>>,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        // A failed test leaves its pods; their `pod-init` holders live in no cgroup and name no
+        // directory of the test, so the scrubber cannot find them: kill them here.
+        if !std::thread::panicking() {
+            return;
+        }
+        for id in self.pods.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            for p in pods::processes_naming(&format!("pod-init {id}")) {
+                let _ = std::process::Command::new("kill")
+                    .args(["-9", &p.pid.to_string()])
+                    .status();
+            }
+        }
+    }
 }
 
 impl Node {
@@ -82,6 +101,7 @@ impl Node {
             dirs,
             base,
             leaks: std::sync::Mutex::new(Vec::new()),
+            pods: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -98,6 +118,10 @@ impl Node {
     async fn ready_pod(&self, config: &PodSandboxConfig) -> String {
         let id = self.cri.run_pod(config).await;
         self.scrubber.track_pod(&id);
+        self.pods
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(id.clone());
         let status = self.cri.pod_status(&id).await;
         assert_eq!(
             status.state,
@@ -267,19 +291,48 @@ async fn wait_process(needle: &str, timeout: Duration) -> u32 {
     }
 }
 
-/// Waits (≤ `timeout`) until no process (helpers included) names `needle`; the survivors.
+/// Waits (≤ `timeout`) until no process (helpers included) names `needle`; the survivors,
+/// with their signal masks, and whether (and when) they went within 20 s more.
 async fn wait_none_naming(needle: &str, timeout: Duration) -> Vec<String> {
-    let deadline = Instant::now() + timeout;
+    let start = Instant::now();
+    let deadline = start + timeout;
     loop {
         let left = pods::processes_naming(needle);
         if left.is_empty() {
             return Vec::new();
         }
         if Instant::now() > deadline {
-            return left
+            let mut out: Vec<String> = left
                 .iter()
-                .map(|p| format!("{} ({})", p.cmdline, pods::process_details(p.pid)))
+                .map(|p| {
+                    let status = std::fs::read_to_string(format!("/proc/{}/status", p.pid))
+                        .unwrap_or_default();
+                    let sig: Vec<&str> = status
+                        .lines()
+                        .filter(|l| {
+                            ["SigPnd", "ShdPnd", "SigBlk", "SigIgn", "SigCgt"]
+                                .iter()
+                                .any(|k| l.starts_with(k))
+                        })
+                        .collect();
+                    format!(
+                        "{} ({}) [{}]",
+                        p.cmdline,
+                        pods::process_details(p.pid),
+                        sig.join(" ")
+                    )
+                })
                 .collect();
+            let later = Instant::now() + Duration::from_secs(20);
+            while !pods::processes_naming(needle).is_empty() && Instant::now() < later {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            out.push(if pods::processes_naming(needle).is_empty() {
+                format!("(all gone {:?} after the wait began)", start.elapsed())
+            } else {
+                format!("(still there {:?} after the wait began)", start.elapsed())
+            });
+            return out;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -1621,42 +1674,32 @@ async fn debug_vanish_loop() {
     let node = Node::start().await;
     let cri = &node.cri;
     let (_pod, _, c) = node.pod_with_box("vanishloop").await;
-    let daemon_pid = node.daemon.pid().unwrap();
     for round in 0..40 {
         let m = marker();
         let script = format!("M={m}; while true; do echo $M; sleep 0.05; done");
         let url = streaming::exec_url(cri, &c, &sh(&script), StreamOptions::ALL).await;
         let proxy = Proxy::start(&url).await.unwrap();
-        let r = SpdyRemote::connect(&proxy.url, SPDY_REMOTE_COMMAND, StreamOptions::ALL)
-            .await
-            .unwrap();
+        let r = SpdyRemote::connect(&proxy.url, SPDY_REMOTE_COMMAND, StreamOptions::ALL).await.unwrap();
         let stdout = r.stdout.clone().unwrap();
-        stdout
-            .wait_contains(&format!("{m}"), SESSION_TIMEOUT)
-            .await
-            .unwrap();
+        stdout.wait_contains(&format!("{m}"), SESSION_TIMEOUT).await.unwrap();
         wait_process(&format!("M={m};"), Duration::from_secs(10)).await;
+        let t0 = Instant::now();
+        let when = std::time::SystemTime::now();
         proxy.sever(round % 2 == 1).await;
-        let left = wait_none_naming(&format!("M={m};"), Duration::from_secs(5)).await;
+        let left = wait_none_naming(&format!("M={m};"), Duration::from_secs(3)).await;
         if !left.is_empty() {
             let helper = pods::processes_naming(&format!("M={m};"));
             let mut sig = String::new();
             for p in &helper {
-                let st =
-                    std::fs::read_to_string(format!("/proc/{}/status", p.pid)).unwrap_or_default();
-                sig.push_str(&format!(
-                    "{}: {}\n",
-                    p.pid,
-                    st.lines()
-                        .filter(|l| l.starts_with("Sig") || l.starts_with("ShdPnd"))
-                        .collect::<Vec<_>>()
-                        .join(" | ")
-                ));
+                let st = std::fs::read_to_string(format!("/proc/{}/status", p.pid)).unwrap_or_default();
+                sig.push_str(&format!("{}: {}\n", p.pid, st.lines().filter(|l| l.starts_with("Sig") || l.starts_with("ShdPnd") || l.starts_with("State")).collect::<Vec<_>>().join(" | ")));
+                let stack = std::fs::read_to_string(format!("/proc/{}/wchan", p.pid)).unwrap_or_default();
+                sig.push_str(&format!("  wchan {stack}\n"));
             }
-            panic!(
-                "round {round}: survivors {left:#?}\n{sig}\ndaemon fds {:#?}",
-                fd_targets(daemon_pid)
-            );
+            let left2 = wait_none_naming(&format!("M={m};"), Duration::from_secs(30)).await;
+            let log = std::fs::read_to_string(node.daemon.log_path()).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(15).collect();
+            panic!("round {round}: severed at {when:?}; survivors after 3 s {left:#?}\n{sig}\ngone after {:?} (still: {left2:?})\nlog tail:\n{}", t0.elapsed(), tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
         }
         drop(r);
     }
