@@ -5,7 +5,7 @@
 #   make test     exactly what CI (.ci/run) runs: fmt, clippy, build, tests
 #   make bench    release build, then keelson-bench (prints figures, asserts nothing about time)
 #   make install  binaries to $(PREFIX)/bin, systemd units to /etc/systemd/system
-#   make up       (root) release build, start keelson-runtime in the background
+#   make up       (root) release build, start keelson-server and keelson-runtime in the background
 #   make down     stop what `make up` started
 
 SHELL := /bin/bash
@@ -25,6 +25,10 @@ LOG_DIR := /var/log/keelson
 RUNTIME_PID := $(RUN_DIR)/keelson-runtime.pid
 RUNTIME_SOCKET := $(RUN_DIR)/cri.sock
 RUNTIME_LOG := $(LOG_DIR)/keelson-runtime.log
+SERVER_PID := $(RUN_DIR)/keelson-server.pid
+SERVER_LOG := $(LOG_DIR)/keelson-server.log
+SERVER_DATA := /var/lib/keelson/server
+SERVER_LISTEN := 127.0.0.1:6443
 # Default pod network, written by `make up` only when /etc/cni/net.d has no config.
 CNI_CONF_DIR := /etc/cni/net.d
 CNI_CONF := $(CNI_CONF_DIR)/10-keelson.conflist
@@ -97,6 +101,14 @@ if [ -f $(RUNTIME_PID) ]; then \
 fi
 endef
 
+define server_pid
+pid=""; \
+if [ -f $(SERVER_PID) ]; then \
+	p=$$(cat $(SERVER_PID)); \
+	case "$$(readlink /proc/$$p/exe 2>/dev/null)" in */keelson-server|*/keelson-server" (deleted)") pid=$$p ;; esac; \
+fi
+endef
+
 up: deps release
 	@[ "$$(id -u)" = 0 ] || { echo "make up needs root" >&2; exit 1; }
 	@mkdir -p $(RUN_DIR) $(LOG_DIR) $(CNI_CONF_DIR)
@@ -132,7 +144,29 @@ up: deps release
 		fi; \
 		echo "keelson-runtime running (pid $$pid), socket $(RUNTIME_SOCKET), log $(RUNTIME_LOG)"; \
 	fi
-	@echo "keelson-server and keelson-agent are not built yet: no cluster to start, no KUBECONFIG to print."
+	@$(server_pid); \
+	if [ -n "$$pid" ]; then \
+		echo "keelson-server already running (pid $$pid)"; \
+	else \
+		setsid $(RELEASE_DIR)/keelson-server --listen $(SERVER_LISTEN) --data-dir $(SERVER_DATA) >>$(SERVER_LOG) 2>&1 </dev/null & \
+		pid=$$!; echo $$pid > $(SERVER_PID); \
+		ready=0; \
+		for i in $$(seq 100); do \
+			if ! kill -0 $$pid 2>/dev/null; then \
+				echo "keelson-server exited during start-up; last log lines:" >&2; tail -n 20 $(SERVER_LOG) >&2; \
+				rm -f $(SERVER_PID); exit 1; \
+			fi; \
+			if [ -s $(SERVER_DATA)/admin.kubeconfig ] && (exec 3<>/dev/tcp/$(subst :,/,$(SERVER_LISTEN))) 2>/dev/null; then ready=1; break; fi; \
+			sleep 0.1; \
+		done; \
+		if [ $$ready = 0 ]; then \
+			echo "keelson-server (pid $$pid) did not listen on $(SERVER_LISTEN) within 10 s; last log lines:" >&2; \
+			tail -n 20 $(SERVER_LOG) >&2; exit 1; \
+		fi; \
+		echo "keelson-server running (pid $$pid), https://$(SERVER_LISTEN), data $(SERVER_DATA), log $(SERVER_LOG)"; \
+	fi
+	@echo "keelson-agent is not built yet: the node does not register, so pods stay Pending."
+	@echo "export KUBECONFIG=$(SERVER_DATA)/admin.kubeconfig"
 	@echo "the CRI socket works with crictl: export CONTAINER_RUNTIME_ENDPOINT=unix://$(RUNTIME_SOCKET) IMAGE_SERVICE_ENDPOINT=unix://$(RUNTIME_SOCKET)"
 
 down:
@@ -149,5 +183,14 @@ down:
 		echo "keelson-runtime stopped (pid $$pid)"; \
 	fi; \
 	rm -f $(RUNTIME_PID)
-	@echo "keelson-agent and keelson-server are not built yet: nothing else to stop (data stays)."
+	@$(server_pid); \
+	if [ -z "$$pid" ]; then \
+		echo "keelson-server is not running"; \
+	else \
+		kill -TERM $$pid; \
+		for i in $$(seq 100); do kill -0 $$pid 2>/dev/null || break; sleep 0.1; done; \
+		if kill -0 $$pid 2>/dev/null; then kill -KILL $$pid; fi; \
+		echo "keelson-server stopped (pid $$pid; data in $(SERVER_DATA) stays)"; \
+	fi; \
+	rm -f $(SERVER_PID)
 	@ip route del unreachable $(POD_CIDR) metric 4000 2>/dev/null || true
