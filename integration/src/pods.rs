@@ -988,6 +988,15 @@ pub fn shims_naming(dir: &Path) -> Vec<ProcessInfo> {
         .collect()
 }
 
+/// Live `keelson-runtime pod-init` holders (a pod's shared PID namespace) of a runtime whose
+/// `--state` is under `dir` (their command line is `... pod-init <sandbox id> <state>`).
+pub fn pod_holders_naming(dir: &Path) -> Vec<ProcessInfo> {
+    processes_naming(&dir.display().to_string())
+        .into_iter()
+        .filter(|p| p.cmdline.split(' ').any(|a| a == "pod-init"))
+        .collect()
+}
+
 /// Whether `pid` exists and is not a zombie (init here does not reap orphans).
 pub fn process_alive(pid: u32) -> bool {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
@@ -1137,6 +1146,8 @@ pub struct HostSnapshot {
     pub mounts: Vec<PathBuf>,
     /// Live shims naming the test directory (see [`shims_naming`]).
     pub shims: Vec<u32>,
+    /// Live pod PID-namespace holders of the test's runtime (see [`pod_holders_naming`]).
+    pub pod_holders: Vec<u32>,
     /// Interfaces on the test bridge.
     pub veths: Vec<String>,
     /// host-local reservations.
@@ -1172,6 +1183,10 @@ impl HostSnapshot {
         HostSnapshot {
             mounts: mounts_under(base),
             shims: shims_naming(base).into_iter().map(|p| p.pid).collect(),
+            pod_holders: pod_holders_naming(base)
+                .into_iter()
+                .map(|p| p.pid)
+                .collect(),
             veths: net.veths(),
             reservations: net.reservations(),
             dirs: d,
@@ -1183,6 +1198,7 @@ impl HostSnapshot {
     pub fn is_clean(&self) -> bool {
         self.mounts.is_empty()
             && self.shims.is_empty()
+            && self.pod_holders.is_empty()
             && self.veths.is_empty()
             && self.reservations.is_empty()
             && self.dirs.values().all(Vec::is_empty)
@@ -1258,6 +1274,13 @@ impl Scrubber {
         for shim in shims_naming(&self.base) {
             kill(shim.pid);
             done.push(format!("killed shim {} ({})", shim.pid, shim.cmdline));
+        }
+        for holder in pod_holders_naming(&self.base) {
+            kill(holder.pid);
+            done.push(format!(
+                "killed pod holder {} ({})",
+                holder.pid, holder.cmdline
+            ));
         }
         for dir in &cgroups {
             if let Ok(text) = std::fs::read_to_string(dir.join("cgroup.procs")) {

@@ -473,7 +473,8 @@ impl Output {
     /// Waits (≤ `timeout`) for the end; returns everything.
     pub async fn wait_end(&self, what: &str, timeout: Duration) -> Result<OutputState> {
         let mut rx = self.rx.clone();
-        let ended = tokio::time::timeout(timeout, async { rx.wait_for(|s| s.ended).await.is_ok() }).await;
+        let ended =
+            tokio::time::timeout(timeout, async { rx.wait_for(|s| s.ended).await.is_ok() }).await;
         match ended {
             Ok(_) => Ok(self.state()),
             Err(_) => bail!(

@@ -86,6 +86,7 @@ impl PidNsOps for ProcessPidNs {
         let mut cmd = Command::new(&self.binary);
         cmd.arg("pod-init")
             .arg(sandbox_id)
+            .arg(&self.state)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null());

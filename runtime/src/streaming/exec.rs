@@ -19,6 +19,8 @@ use tokio::task::JoinHandle;
 /// After the process exited, how long its output may keep flowing (background children
 /// holding the pipes or the terminal).
 const DRAIN_GRACE: Duration = Duration::from_secs(2);
+/// How long the exec helper has to end after it was told to (client gone).
+const HELPER_EXIT_GRACE: Duration = Duration::from_secs(5);
 
 /// What to run, from the cached CRI `ExecRequest`.
 #[derive(Debug, Clone)]
@@ -272,7 +274,13 @@ async fn wait_or_cancel(child: &mut Child, io: &mut RemoteIo) -> Result<(), Stri
                     nix::sys::signal::Signal::SIGTERM,
                 );
             }
-            let _ = child.wait().await;
+            // The helper kills the command and exits at once; one that does not is killed so
+            // that the session's descriptors and task are freed whatever happened.
+            if tokio::time::timeout(HELPER_EXIT_GRACE, child.wait()).await.is_err() {
+                tracing::warn!("exec helper ignored SIGTERM for {HELPER_EXIT_GRACE:?}: killing it");
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+            }
             Err("the client went away".into())
         }
     }

@@ -439,11 +439,11 @@ fn upgrade_ws(
             (Pending::PortForward(r), WsMode::Ports { base64, ports }) => {
                 let plan = forward_plan(&server, &r.pod_sandbox_id);
                 let (channels, mut gone, closer) = ws_io::port_channels(ws, base64, &ports);
-                tokio::select! {
-                    _ = portforward::serve_ws(plan, channels) => {}
-                    _ = super::remotecommand::wait_gone(&mut gone) => {}
-                }
-                closer.close().await;
+                let finished = tokio::select! {
+                    _ = portforward::serve_ws(plan, channels) => true,
+                    _ = super::remotecommand::wait_gone(&mut gone) => false,
+                };
+                closer.close(finished).await;
             }
             (other, WsMode::Remote(proto)) => {
                 let io = ws_io::remote_io(ws, proto, exec_options(&other));

@@ -296,9 +296,21 @@ pub struct WsCloser {
 }
 
 impl WsCloser {
-    pub async fn close(self) {
+    /// Closes the session. `flush`: the forwarding ended by itself (its writers are dropped),
+    /// so what they wrote, a dial error in particular, is sent before the Close frame; without
+    /// it (the client left) the pumps are stopped at once.
+    pub async fn close(self, flush: bool) {
         for p in self.pumps {
-            p.abort();
+            if flush {
+                if tokio::time::timeout(std::time::Duration::from_secs(5), p)
+                    .await
+                    .is_err()
+                {
+                    tracing::debug!("a port-forward channel did not drain within 5s");
+                }
+            } else {
+                p.abort();
+            }
         }
         let _ = self.tx.send(Message::Close(None)).await;
         drop(self.tx);

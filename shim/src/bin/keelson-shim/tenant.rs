@@ -722,11 +722,25 @@ fn exec_workload(s: &Settings, io: ExecIo) -> Result<Infallible, String> {
             Errno::last()
         ));
     }
+    // The helper blocks SIGTERM/SIGINT/SIGHUP/SIGCHLD (into its signalfd) and ignores SIGPIPE
+    // before it forks, so that a cancel cannot slip in between; both survive execve, so the
+    // command gets the defaults back here (handlers reset themselves on execve).
+    reset_signals().map_err(|e| format!("failed to reset the signal mask: {e}"))?;
     if s.no_new_privileges {
         load_seccomp(s.seccomp.as_ref())?;
     }
     let Err(err) = execve(&program_c, &s.args, &env_c);
     Err(format!("failed to execute {}: {err}", program.display()))
+}
+
+/// An empty signal mask and the default SIGPIPE disposition, for the process about to exec.
+fn reset_signals() -> nix::Result<()> {
+    use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, sigaction};
+    let default = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
+    // SAFETY: installing SIG_DFL runs no code of ours; this process is single-threaded (a
+    // fork of the single-threaded helper) and about to execve.
+    unsafe { sigaction(Signal::SIGPIPE, &default) }?;
+    nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
 }
 
 #[cfg(test)]

@@ -100,6 +100,16 @@ impl Capture {
     }
 }
 
+/// The helper's own signals, read from a signalfd from before the command is forked on.
+fn block_signals() -> Result<nix::sys::signalfd::SignalFd> {
+    Ok(signals::block_into_signalfd(&[
+        Signal::SIGCHLD,
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+    ])?)
+}
+
 fn exit_code(status: WaitStatus) -> Option<i32> {
     match status {
         WaitStatus::Exited(_, code) => Some(code),
@@ -144,7 +154,10 @@ fn run_exec(args: &ExecArgs) -> Result<ExecResult> {
     })?;
     let prepared = tenant::prepare(args, &root)?;
 
-    signals::prepare_for_container()?;
+    // Blocked (into a signalfd) before anything is forked, so a cancel arriving while the
+    // command starts is kept for the loop below; the command gets the defaults back just
+    // before it execs (tenant).
+    let signal_fd = block_signals()?;
     let (stdout_r, stdout_w) = pipe2(OFlag::O_CLOEXEC).context("failed to create stdout pipe")?;
     let (stderr_r, stderr_w) = pipe2(OFlag::O_CLOEXEC).context("failed to create stderr pipe")?;
     for fd in [&stdout_r, &stderr_r] {
@@ -159,13 +172,6 @@ fn run_exec(args: &ExecArgs) -> Result<ExecResult> {
     };
     let pid = tenant::spawn(prepared, tenant::ExecIo::Stdio(stdio))?;
     info!(id = %args.id, pid = pid.as_raw(), "exec started");
-
-    let signal_fd = signals::block_into_signalfd(&[
-        Signal::SIGCHLD,
-        Signal::SIGTERM,
-        Signal::SIGINT,
-        Signal::SIGHUP,
-    ])?;
     let deadline = args.timeout.map(|t| Instant::now() + t);
     let mut outputs = [Capture::new(stdout_r), Capture::new(stderr_r)];
     let mut buf = vec![0u8; 64 * 1024];
@@ -333,7 +339,10 @@ fn run_stream(args: &ExecArgs) -> Result<i32> {
         .map(|fd| adopt_fd("--console-socket-fd", fd))
         .transpose()?;
     let prepared = tenant::prepare(args, &root)?;
-    signals::prepare_for_container()?;
+    // Blocked (into a signalfd) before anything is forked: a SIGTERM from the runtime (its
+    // client went away) while the command starts waits there instead of being lost. The
+    // command gets the defaults back just before it execs (tenant).
+    let signal_fd = block_signals()?;
     let io = match console_socket {
         Some(socket) => tenant::ExecIo::Console(socket),
         None => tenant::ExecIo::Stdio(tenant::Stdio {
@@ -343,22 +352,11 @@ fn run_stream(args: &ExecArgs) -> Result<i32> {
         }),
     };
     let pid = tenant::spawn(prepared, io)?;
-    let started = release_std().and_then(|()| {
-        Ok(signals::block_into_signalfd(&[
-            Signal::SIGCHLD,
-            Signal::SIGTERM,
-            Signal::SIGINT,
-            Signal::SIGHUP,
-        ])?)
-    });
-    let signal_fd = match started {
-        Ok(fd) => fd,
-        Err(e) => {
-            let _ = kill(pid, Signal::SIGKILL);
-            let _ = waitpid(pid, None);
-            return Err(e);
-        }
-    };
+    if let Err(e) = release_std() {
+        let _ = kill(pid, Signal::SIGKILL);
+        let _ = waitpid(pid, None);
+        return Err(e);
+    }
     let deadline = args.timeout.map(|t| Instant::now() + t);
     let mut killed = false;
     loop {
