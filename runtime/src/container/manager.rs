@@ -825,8 +825,8 @@ impl ContainerManager {
         Ok(())
     }
 
-    /// ReopenContainerLog: the kubelet has renamed the log; the shim starts a new file.
-    pub fn reopen_log(&self, id: &str) -> Result<(), ContainerError> {
+    /// The record of `id` if it is running; else NotFound or WrongState saying `what` needs it.
+    fn running(&self, id: &str, what: &'static str) -> Result<ContainerRecord, ContainerError> {
         let r = self
             .find(id)
             .ok_or_else(|| ContainerError::NotFound(id.into()))?;
@@ -834,9 +834,15 @@ impl ContainerManager {
             return Err(ContainerError::WrongState {
                 id: r.id,
                 state: r.state,
-                what: "only a running container's log can be reopened",
+                what,
             });
         }
+        Ok(r)
+    }
+
+    /// ReopenContainerLog: the kubelet has renamed the log; the shim starts a new file.
+    pub fn reopen_log(&self, id: &str) -> Result<(), ContainerError> {
+        let r = self.running(id, "only a running container's log can be reopened")?;
         self.call(&r, &Request::ReopenLog, Duration::from_secs(5))?;
         Ok(())
     }
@@ -848,16 +854,7 @@ impl ContainerManager {
         cmd: &[String],
         timeout: Duration,
     ) -> Result<protocol::ExecResult, ContainerError> {
-        let r = self
-            .find(id)
-            .ok_or_else(|| ContainerError::NotFound(id.into()))?;
-        if r.state != ContainerState::Running {
-            return Err(ContainerError::WrongState {
-                id: r.id,
-                state: r.state,
-                what: "exec needs a running container",
-            });
-        }
+        let r = self.running(id, "exec needs a running container")?;
         if cmd.is_empty() {
             return Err(ContainerError::Invalid("exec command is empty".into()));
         }
@@ -869,16 +866,7 @@ impl ContainerManager {
 
     /// A running container's streaming endpoints (Attach, and Exec's validation).
     pub fn stream_target(&self, id: &str) -> Result<StreamTarget, ContainerError> {
-        let r = self
-            .find(id)
-            .ok_or_else(|| ContainerError::NotFound(id.into()))?;
-        if r.state != ContainerState::Running {
-            return Err(ContainerError::WrongState {
-                id: r.id,
-                state: r.state,
-                what: "streaming needs a running container",
-            });
-        }
+        let r = self.running(id, "streaming needs a running container")?;
         let config = Self::config_of(&r).unwrap_or_default();
         Ok(StreamTarget {
             attach_socket: keelson_shim::protocol::state_file(

@@ -74,6 +74,25 @@ pub trait ShimOps: Send + Sync {
     ) -> Command;
 }
 
+/// Lets the child of `cmd` inherit `fds` (made close-on-exec, as every descriptor here is):
+/// their numbers are passed to it in its arguments.
+pub fn inherit_fds(cmd: &mut Command, fds: Vec<i32>) {
+    // SAFETY: between fork and exec the closure only calls fcntl(2) on descriptor numbers the
+    // caller owns, which is async-signal-safe; it allocates nothing (`fds` was allocated
+    // before the fork) and touches no shared state.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(cmd, move || {
+            for &fd in &fds {
+                let flags = libc::fcntl(fd, libc::F_GETFD);
+                if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Runs the real `keelson-shim` binary.
 pub struct ProcessShim {
     pub binary: PathBuf,
@@ -130,17 +149,7 @@ impl ShimOps for ProcessShim {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr);
-        // SAFETY: between fork and exec the closure only calls fcntl(2) on an fd number it owns,
-        // which is async-signal-safe; it allocates nothing and touches no shared state.
-        unsafe {
-            std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
-                let flags = libc::fcntl(fd, libc::F_GETFD);
-                if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        inherit_fds(&mut cmd, vec![fd]);
         let mut child = cmd
             .spawn()
             .map_err(|e| launch_err(format!("{}: {e}", self.binary.display())))?;

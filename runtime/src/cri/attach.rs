@@ -2,24 +2,20 @@
 //! URL on the streaming server, joined there to the container's own stdio.
 
 use super::CriService;
-use super::container_convert::blocking;
-use super::exec::check_streams;
+use super::exec::checked_target;
 use crate::streaming::Pending;
 use keelson_cri::v1::{AttachRequest, AttachResponse};
 use tonic::Status;
 
 pub async fn handle(svc: &CriService, req: AttachRequest) -> Result<AttachResponse, Status> {
     let streaming = svc.streaming()?;
-    check_streams(
-        req.stdin,
-        req.stdout,
-        req.stderr,
-        req.tty,
+    let target = checked_target(
+        svc,
         &req.container_id,
-    )?;
-    let containers = svc.containers.clone();
-    let id = req.container_id.clone();
-    let target = blocking(move || containers.stream_target(&id)).await?;
+        [req.stdin, req.stdout, req.stderr],
+        req.tty,
+    )
+    .await?;
     // As containerd: the container's own settings decide what there is to attach to. Stdin
     // sent to a container created without it is dropped by its shim; a terminal container's
     // output all arrives as stdout, whatever the request's `tty`.

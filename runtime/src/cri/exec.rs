@@ -3,6 +3,7 @@
 
 use super::CriService;
 use super::container_convert::blocking;
+use crate::container::manager::StreamTarget;
 use crate::streaming::Pending;
 use keelson_cri::v1::{ExecRequest, ExecResponse};
 use tonic::Status;
@@ -15,16 +16,13 @@ pub async fn handle(svc: &CriService, req: ExecRequest) -> Result<ExecResponse, 
             req.container_id
         )));
     }
-    check_streams(
-        req.stdin,
-        req.stdout,
-        req.stderr,
-        req.tty,
+    let target = checked_target(
+        svc,
         &req.container_id,
-    )?;
-    let containers = svc.containers.clone();
-    let id = req.container_id.clone();
-    let target = blocking(move || containers.stream_target(&id)).await?;
+        [req.stdin, req.stdout, req.stderr],
+        req.tty,
+    )
+    .await?;
     let req = ExecRequest {
         container_id: target.id,
         ..req
@@ -34,14 +32,15 @@ pub async fn handle(svc: &CriService, req: ExecRequest) -> Result<ExecResponse, 
     })
 }
 
-/// What kubelet and containerd refuse for exec and attach alike.
-pub fn check_streams(
-    stdin: bool,
-    stdout: bool,
-    stderr: bool,
-    tty: bool,
+/// The running container `id` for an exec or attach asking for `[stdin, stdout, stderr]`
+/// and `tty`, after what kubelet and containerd refuse for both: no stream at all, or a
+/// terminal with a separate stderr.
+pub async fn checked_target(
+    svc: &CriService,
     id: &str,
-) -> Result<(), Status> {
+    [stdin, stdout, stderr]: [bool; 3],
+    tty: bool,
+) -> Result<StreamTarget, Status> {
     if !(stdin || stdout || stderr) {
         return Err(Status::invalid_argument(format!(
             "streaming to container {id}: one of stdin, stdout or stderr must be requested"
@@ -52,5 +51,7 @@ pub fn check_streams(
             "streaming to container {id}: tty and stderr cannot both be requested (a terminal has one output)"
         )));
     }
-    Ok(())
+    let containers = svc.containers.clone();
+    let id = id.to_string();
+    blocking(move || containers.stream_target(&id)).await
 }

@@ -6,6 +6,7 @@
 use super::pty;
 use super::remotecommand::{Outcome, RemoteIo, wait_gone};
 use crate::container::manager::ContainerManager;
+use crate::container::shim::inherit_fds;
 use keelson_shim::protocol::StreamExecResult;
 use std::io::Read;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -82,9 +83,13 @@ async fn run(
         .transpose()
         .map_err(|e| format!("creating the exec console socket: {e}"))?;
     let console_fd = console.as_ref().map(|(_, theirs)| theirs.as_raw_fd());
-    let std_cmd = containers
+    let mut std_cmd = containers
         .exec_stream_command(&plan.container_id, &plan.cmd, console_fd, result_fd)
         .map_err(|e| e.to_string())?;
+    inherit_fds(
+        &mut std_cmd,
+        std::iter::once(result_fd).chain(console_fd).collect(),
+    );
     let mut cmd = tokio::process::Command::from(std_cmd);
     if plan.tty {
         // The process's stdio is the container's pty: the helper's own is not used.
@@ -96,19 +101,6 @@ async fn run(
         cmd.stdin(pipe_if(io.stdin.is_some()))
             .stdout(pipe_if(io.stdout.is_some()))
             .stderr(pipe_if(io.stderr.is_some()));
-    }
-    // SAFETY: between fork and exec the closure only calls fcntl(2) on fd numbers it owns,
-    // which is async-signal-safe; it allocates nothing and touches no shared state.
-    unsafe {
-        cmd.pre_exec(move || {
-            for fd in std::iter::once(result_fd).chain(console_fd) {
-                let flags = libc::fcntl(fd, libc::F_GETFD);
-                if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        });
     }
     let mut child = cmd
         .spawn()
@@ -133,25 +125,7 @@ async fn run(
     let mut outputs: Vec<JoinHandle<()>> = Vec::new();
     match &master {
         Some(m) => {
-            let (m_out, stdout) = (m.clone(), io.stdout.take());
-            outputs.push(tokio::spawn(async move {
-                let mut to = stdout;
-                let mut buf = vec![0u8; 32 * 1024];
-                loop {
-                    let n = match m_out.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => n,
-                    };
-                    if let Some(w) = to.as_mut()
-                        && (w.write_all(&buf[..n]).await.is_err() || w.flush().await.is_err())
-                    {
-                        to = None;
-                    }
-                }
-                if let Some(mut w) = to {
-                    let _ = w.shutdown().await;
-                }
-            }));
+            outputs.push(copy_out(pty::PtyReader(m.clone()), io.stdout.take()));
             if let Some(mut stdin) = io.stdin.take() {
                 let m_in = m.clone();
                 tasks.push(tokio::spawn(async move {

@@ -113,11 +113,31 @@ impl PtyMaster {
 
     /// Reads what the terminal's processes wrote; `Ok(0)` once every slave is closed (EIO).
     pub async fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut buf = tokio::io::ReadBuf::new(buf);
+        std::future::poll_fn(|cx| self.poll_read(cx, &mut buf)).await?;
+        Ok(buf.filled().len())
+    }
+
+    fn poll_read(
+        &self,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
         loop {
-            let mut guard = self.fd.readable().await?;
-            match guard.try_io(|fd| nix::unistd::read(fd.get_ref(), buf).map_err(io::Error::from)) {
-                Ok(Err(e)) if e.raw_os_error() == Some(libc::EIO) => return Ok(0),
-                Ok(r) => return r,
+            let mut guard = std::task::ready!(self.fd.poll_read_ready(cx))?;
+            let unfilled = buf.initialize_unfilled();
+            match guard
+                .try_io(|fd| nix::unistd::read(fd.get_ref(), unfilled).map_err(io::Error::from))
+            {
+                // Every slave closed: end of file.
+                Ok(Err(e)) if e.raw_os_error() == Some(libc::EIO) => {
+                    return std::task::Poll::Ready(Ok(()));
+                }
+                Ok(Ok(n)) => {
+                    buf.advance(n);
+                    return std::task::Poll::Ready(Ok(()));
+                }
+                Ok(Err(e)) => return std::task::Poll::Ready(Err(e)),
                 Err(_would_block) => continue,
             }
         }
@@ -155,6 +175,19 @@ impl PtyMaster {
     /// Writes end-of-file as terminal input (the line discipline's VEOF, ^D).
     pub async fn send_eof(&self) -> io::Result<()> {
         self.write_all(&[0x04]).await
+    }
+}
+
+/// A shared master's output as an `AsyncRead` (end of file once every slave is closed).
+pub struct PtyReader(pub std::sync::Arc<PtyMaster>);
+
+impl tokio::io::AsyncRead for PtyReader {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        self.0.poll_read(cx, buf)
     }
 }
 
