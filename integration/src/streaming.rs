@@ -69,11 +69,20 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    /// Parses an `http://` URL (the only scheme the test daemons hand out).
+    /// Parses an `http://` URL (what the test daemons hand out unless they serve TLS).
     pub fn parse(url: &str) -> Result<Self> {
+        Self::parse_scheme(url, "http://")
+    }
+
+    /// Parses an `https://` URL (a daemon started with `--stream-tls-cert`/`--stream-tls-key`).
+    pub fn parse_https(url: &str) -> Result<Self> {
+        Self::parse_scheme(url, "https://")
+    }
+
+    fn parse_scheme(url: &str, scheme: &str) -> Result<Self> {
         let rest = url
-            .strip_prefix("http://")
-            .with_context(|| format!("streaming URL {url:?} is not http://"))?;
+            .strip_prefix(scheme)
+            .with_context(|| format!("streaming URL {url:?} is not {scheme}"))?;
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, "/"),
@@ -103,6 +112,15 @@ impl Endpoint {
     pub fn url(&self) -> String {
         format!("http://{}{}", self.authority, self.path)
     }
+
+    /// The host part of the authority (without the port, IPv6 brackets removed).
+    pub fn host(&self) -> &str {
+        let host = match self.authority.rsplit_once(':') {
+            Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+            _ => &self.authority,
+        };
+        host.trim_start_matches('[').trim_end_matches(']')
+    }
 }
 
 /// An HTTP response as read off the wire.
@@ -127,6 +145,19 @@ impl RawResponse {
     }
 }
 
+/// `METHOD path HTTP/1.1` with `headers` (plus `Host`), ready to send.
+fn request_bytes(endpoint: &Endpoint, method: &str, headers: &[(&str, &str)]) -> Vec<u8> {
+    let mut request = format!(
+        "{method} {} HTTP/1.1\r\nHost: {}\r\n",
+        endpoint.path, endpoint.authority
+    );
+    for (n, v) in headers {
+        request.push_str(&format!("{n}: {v}\r\n"));
+    }
+    request.push_str("\r\n");
+    request.into_bytes()
+}
+
 /// Sends `METHOD path HTTP/1.1` with `headers` (plus `Host`) on a new connection and reads the
 /// response head. On a 101 the connection is returned positioned right after the head (the
 /// head is read byte by byte, so no upgraded byte is consumed); otherwise the body is read
@@ -136,15 +167,29 @@ pub async fn raw_request(
     method: &str,
     headers: &[(&str, &str)],
 ) -> Result<(RawResponse, Option<TcpStream>)> {
-    let mut request = format!(
-        "{method} {} HTTP/1.1\r\nHost: {}\r\n",
-        endpoint.path, endpoint.authority
-    );
-    for (n, v) in headers {
-        request.push_str(&format!("{n}: {v}\r\n"));
-    }
-    request.push_str("\r\n");
-    raw_exchange(endpoint, request.as_bytes()).await
+    raw_exchange(endpoint, &request_bytes(endpoint, method, headers)).await
+}
+
+/// [`raw_request`] on a connection the caller made (a TLS stream, say).
+pub async fn raw_request_over<S>(
+    io: S,
+    endpoint: &Endpoint,
+    method: &str,
+    headers: &[(&str, &str)],
+) -> Result<(RawResponse, Option<S>)>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    raw_exchange_over(io, endpoint, &request_bytes(endpoint, method, headers)).await
+}
+
+/// A new TCP connection to `endpoint` (no delay).
+async fn connect_tcp(endpoint: &Endpoint) -> Result<TcpStream> {
+    let tcp = TcpStream::connect(&endpoint.authority)
+        .await
+        .with_context(|| format!("connecting to {}", endpoint.authority))?;
+    tcp.set_nodelay(true)?;
+    Ok(tcp)
 }
 
 /// Writes `request` verbatim on a new connection to `endpoint` and reads the response as
@@ -154,60 +199,122 @@ pub async fn raw_exchange(
     request: &[u8],
 ) -> Result<(RawResponse, Option<TcpStream>)> {
     tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
-        let mut tcp = TcpStream::connect(&endpoint.authority)
-            .await
-            .with_context(|| format!("connecting to {}", endpoint.authority))?;
-        tcp.set_nodelay(true)?;
-        tcp.write_all(request).await?;
-        let mut head = Vec::new();
-        while !head.ends_with(b"\r\n\r\n") {
-            ensure!(head.len() < 64 * 1024, "response head too long");
-            match tcp.read_u8().await {
-                Ok(b) => head.push(b),
-                Err(e) => bail!(
-                    "connection ended in the response head ({e}); got {:?}",
-                    String::from_utf8_lossy(&head)
-                ),
-            }
-        }
-        let text = String::from_utf8_lossy(&head).into_owned();
-        let mut lines = text.split("\r\n");
-        let status_line = lines.next().unwrap_or("");
-        let status: u16 = status_line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .with_context(|| format!("bad status line {status_line:?}"))?;
-        let headers: Vec<(String, String)> = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
-            .collect();
-        let mut resp = RawResponse {
-            status,
-            headers,
-            body: String::new(),
-        };
-        if status == 101 {
-            return Ok((resp, Some(tcp)));
-        }
-        let mut body = Vec::new();
-        match resp
-            .header("content-length")
-            .and_then(|l| l.parse::<usize>().ok())
-        {
-            Some(len) => {
-                body.resize(len, 0);
-                tcp.read_exact(&mut body).await?;
-            }
-            None => {
-                tcp.read_to_end(&mut body).await?;
-            }
-        }
-        resp.body = String::from_utf8_lossy(&body).into_owned();
-        Ok((resp, None))
+        let tcp = connect_tcp(endpoint).await?;
+        exchange(tcp, request).await
     })
     .await
     .with_context(|| format!("no HTTP answer from {} in time", endpoint.authority))?
+}
+
+/// [`raw_exchange`] on a connection the caller made (`endpoint` only names it in errors).
+pub async fn raw_exchange_over<S>(
+    io: S,
+    endpoint: &Endpoint,
+    request: &[u8],
+) -> Result<(RawResponse, Option<S>)>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, exchange(io, request))
+        .await
+        .with_context(|| format!("no HTTP answer from {} in time", endpoint.authority))?
+}
+
+async fn exchange<S>(mut io: S, request: &[u8]) -> Result<(RawResponse, Option<S>)>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    io.write_all(request).await?;
+    io.flush().await?;
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        ensure!(head.len() < 64 * 1024, "response head too long");
+        match io.read_u8().await {
+            Ok(b) => head.push(b),
+            Err(e) => bail!(
+                "connection ended in the response head ({e}); got {:?}",
+                String::from_utf8_lossy(&head)
+            ),
+        }
+    }
+    let text = String::from_utf8_lossy(&head).into_owned();
+    let mut lines = text.split("\r\n");
+    let status_line = lines.next().unwrap_or("");
+    let status: u16 = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .with_context(|| format!("bad status line {status_line:?}"))?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let mut resp = RawResponse {
+        status,
+        headers,
+        body: String::new(),
+    };
+    if status == 101 {
+        return Ok((resp, Some(io)));
+    }
+    let mut body = Vec::new();
+    match resp
+        .header("content-length")
+        .and_then(|l| l.parse::<usize>().ok())
+    {
+        Some(len) => {
+            body.resize(len, 0);
+            io.read_exact(&mut body).await?;
+        }
+        None => {
+            io.read_to_end(&mut body).await?;
+        }
+    }
+    resp.body = String::from_utf8_lossy(&body).into_owned();
+    Ok((resp, None))
+}
+
+// ---------------------------------------------------------------------------------------------
+// TLS
+
+/// A TLS client (ring provider) that trusts only the CA certificates in `ca_pem`.
+pub fn tls_connector(ca_pem: &[u8]) -> Result<tokio_rustls::TlsConnector> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem) {
+        roots
+            .add(cert.context("reading the CA PEM")?)
+            .context("adding the CA certificate")?;
+    }
+    ensure!(!roots.is_empty(), "no CA certificate in the PEM");
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .context("TLS protocol versions")?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}
+
+/// A new TLS connection to `endpoint`, the server's certificate checked against `connector`'s
+/// roots for the endpoint's host (bounded by [`HANDSHAKE_TIMEOUT`]).
+pub async fn tls_connect(
+    connector: &tokio_rustls::TlsConnector,
+    endpoint: &Endpoint,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let name = rustls::pki_types::ServerName::try_from(endpoint.host().to_owned())
+        .with_context(|| format!("server name of {}", endpoint.authority))?;
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+        let tcp = connect_tcp(endpoint).await?;
+        connector
+            .connect(name, tcp)
+            .await
+            .with_context(|| format!("TLS handshake with {}", endpoint.authority))
+    })
+    .await
+    .with_context(|| format!("no TLS handshake with {} in time", endpoint.authority))?
 }
 
 /// The request headers of a SPDY upgrade offering `protocols` (one header line each, as Go's
@@ -596,9 +703,31 @@ pub async fn upgrade_spdy(url: &str, protocols: &[&str]) -> Result<SpdyConn> {
     let endpoint = Endpoint::parse(url)?;
     let headers = spdy_upgrade_headers(protocols);
     let (resp, tcp) = raw_request(&endpoint, "POST", &headers).await?;
-    let Some(tcp) = tcp else {
+    spdy_session(url, resp, tcp)
+}
+
+/// [`upgrade_spdy`] on a connection the caller made to `endpoint` (a TLS stream, say).
+pub async fn upgrade_spdy_over<S>(
+    io: S,
+    endpoint: &Endpoint,
+    protocols: &[&str],
+) -> Result<SpdyConn>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let headers = spdy_upgrade_headers(protocols);
+    let (resp, io) = raw_request_over(io, endpoint, "POST", &headers).await?;
+    spdy_session(&endpoint.path, resp, io)
+}
+
+/// The client session on an upgraded connection; fails when there is none.
+fn spdy_session<S>(what: &str, resp: RawResponse, io: Option<S>) -> Result<SpdyConn>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Some(io) = io else {
         bail!(
-            "SPDY upgrade of {url} refused: {} {:?}",
+            "SPDY upgrade of {what} refused: {} {:?}",
             resp.status,
             resp.body
         );
@@ -609,7 +738,7 @@ pub async fn upgrade_spdy(url: &str, protocols: &[&str]) -> Result<SpdyConn> {
         "101 without Upgrade: SPDY/3.1: {:?}",
         resp.headers
     );
-    let (handle, incoming) = Session::client(tcp);
+    let (handle, incoming) = Session::client(io);
     Ok(SpdyConn {
         handle,
         incoming,
@@ -655,11 +784,30 @@ impl SpdyRemote {
     /// Upgrades `url` offering `protocols` and opens the streams `o` asks for, in kubectl's
     /// order: error, stdin, stdout, stderr, resize (tty, v3+).
     pub async fn connect(url: &str, protocols: &[&str], o: StreamOptions) -> Result<Self> {
+        Self::open(upgrade_spdy(url, protocols).await?, o).await
+    }
+
+    /// [`SpdyRemote::connect`] on a connection the caller made to `endpoint` (a TLS stream,
+    /// say).
+    pub async fn connect_over<S>(
+        io: S,
+        endpoint: &Endpoint,
+        protocols: &[&str],
+        o: StreamOptions,
+    ) -> Result<Self>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        Self::open(upgrade_spdy_over(io, endpoint, protocols).await?, o).await
+    }
+
+    /// Opens the streams `o` asks for on an upgraded connection.
+    async fn open(conn: SpdyConn, o: StreamOptions) -> Result<Self> {
         let SpdyConn {
             handle,
             mut incoming,
             protocol,
-        } = upgrade_spdy(url, protocols).await?;
+        } = conn;
         let protocol = protocol.context("the 101 response chose no protocol")?;
         let incoming_task = tokio::spawn(async move {
             while let Some(s) = incoming.accept().await {
@@ -1466,6 +1614,10 @@ mod tests {
         assert_eq!(e.token(), "abcDEF_-");
         assert_eq!(e.url(), "http://127.0.0.1:4321/exec/abcDEF_-");
         assert!(Endpoint::parse("https://x/y").is_err());
+        let e = Endpoint::parse_https("https://127.0.0.1:4321/exec/t").unwrap();
+        assert_eq!((e.host(), e.token()), ("127.0.0.1", "t"));
+        assert!(Endpoint::parse_https("http://x/y").is_err());
+        assert_eq!(Endpoint::parse("http://[::1]:80/a").unwrap().host(), "::1");
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use keelson_cri::v1::{ContainerConfig, ContainerState, PodSandboxConfig, PodSandboxState};
 use keelson_integration::busybox;
-use keelson_integration::daemon::{DaemonDirs, RuntimeDaemon};
+use keelson_integration::daemon::{DaemonDirs, DaemonOptions, RuntimeDaemon};
 use keelson_integration::oci::{Compression, ManifestFormat};
 use keelson_integration::pods::{
     self, Cri, HostSnapshot, Scrubber, TestNetwork, container_config, pod_config, sh,
@@ -50,6 +50,12 @@ struct Node {
 
 impl Node {
     async fn start() -> Node {
+        Self::start_with(|_| Vec::new()).await
+    }
+
+    /// [`Node::start`] with more daemon flags, made by `extra_args` from the test directory
+    /// (before the daemon starts).
+    async fn start_with(extra_args: impl FnOnce(&Path) -> Vec<String>) -> Node {
         let base = tempfile::Builder::new()
             .prefix("ks")
             .tempdir()
@@ -58,7 +64,9 @@ impl Node {
         let net = TestNetwork::create(&base.path().join("cni")).expect("creating the CNI network");
         let scrubber = Scrubber::new(base.path(), &dirs);
         let registry = Registry::start().expect("starting the registry");
-        let daemon = pods::start_daemon(&dirs, &net, &[])
+        let mut opts = pods::daemon_options(&dirs, &net, &[]).expect("daemon options");
+        opts.extra_args.extend(extra_args(base.path()));
+        let daemon = RuntimeDaemon::start(opts)
             .await
             .expect("starting keelson-runtime");
         let cri = Cri::connect(&daemon)
@@ -1719,6 +1727,207 @@ async fn concurrent_execs_keep_their_streams_apart() {
         "{N} concurrent execs of 0.5 s took {took:?}"
     );
 
+    node.remove_all_and_check_clean(&[&pod]).await;
+    node.finish();
+}
+
+// ---------------------------------------------------------------------------------------------
+// 11. TLS
+
+/// A CA and a serving certificate for 127.0.0.1 written to `dir`: (CA, certificate, key) paths.
+fn write_test_pki(dir: &Path, ca_name: &str) -> (PathBuf, PathBuf, PathBuf) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose,
+    };
+    let ca_key = KeyPair::generate().expect("CA key");
+    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(DnType::CommonName, ca_name);
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_cert = ca.self_signed(&ca_key).expect("self-signing the CA");
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().expect("server key");
+    let mut server = CertificateParams::new(vec!["127.0.0.1".to_string()]).expect("server params");
+    server
+        .distinguished_name
+        .push(DnType::CommonName, "127.0.0.1");
+    server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let cert = server
+        .signed_by(&key, &issuer)
+        .expect("signing the server cert");
+    std::fs::create_dir_all(dir).expect("creating the PKI directory");
+    let paths = (
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server-key.pem"),
+    );
+    std::fs::write(&paths.0, ca_cert.pem()).expect("writing the CA");
+    std::fs::write(&paths.1, cert.pem()).expect("writing the certificate");
+    std::fs::write(&paths.2, key.serialize_pem()).expect("writing the key");
+    (paths.0, paths.1, paths.2)
+}
+
+/// Exec over SPDY through a TLS connection made with `connector`.
+async fn tls_spdy_exec(
+    connector: &tokio_rustls::TlsConnector,
+    url: &str,
+    o: StreamOptions,
+) -> (String, Finished) {
+    let endpoint = ok("https URL", Endpoint::parse_https(url));
+    let tls = ok(
+        "TLS connection",
+        streaming::tls_connect(connector, &endpoint).await,
+    );
+    let remote = ok(
+        "SPDY exec over TLS",
+        SpdyRemote::connect_over(tls, &endpoint, SPDY_REMOTE_COMMAND, o).await,
+    );
+    let protocol = remote.protocol.clone();
+    let done = ok("SPDY exec over TLS", remote.finish(SESSION_TIMEOUT).await);
+    (protocol, done)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_over_tls() {
+    let mut node = Node::start_with(|base| {
+        let (_, cert, key) = write_test_pki(&base.join("tls"), "keelson streaming test CA");
+        vec![
+            "--stream-tls-cert".into(),
+            cert.display().to_string(),
+            "--stream-tls-key".into(),
+            key.display().to_string(),
+        ]
+    })
+    .await;
+    let tls_dir = node.base().join("tls");
+    let ca_pem = std::fs::read(tls_dir.join("ca.pem")).expect("reading the CA");
+    let connector = ok("TLS client", streaming::tls_connector(&ca_pem));
+    let (pod, _, c) = node.pod_with_box("tls").await;
+    let cri = &node.cri.clone();
+
+    // The URL is https, on loopback, and an exec over it works end to end.
+    let url = streaming::exec_url(cri, &c, &sh("echo tls-ok; exit 4"), StreamOptions::OUTPUT).await;
+    assert!(url.starts_with("https://127.0.0.1:"), "Exec URL {url:?}");
+    let (protocol, r) = tls_spdy_exec(&connector, &url, StreamOptions::OUTPUT).await;
+    assert_eq!(protocol, "v4.channel.k8s.io");
+    assert_eq!((r.stdout(), r.stderr()), ("tls-ok\n".into(), String::new()));
+    assert_eq!(r.status, ExitStatus::ExitCode(4), "{r:?}");
+    let status: serde_json::Value = serde_json::from_slice(&r.status_bytes).expect("JSON status");
+    assert_eq!(status["reason"], "NonZeroExitCode");
+
+    // A client that trusts another CA refuses the server's certificate.
+    let stranger = write_test_pki(&tls_dir.join("other"), "some other CA");
+    let other_ca = std::fs::read(&stranger.0).expect("reading the other CA");
+    let untrusting = ok("TLS client", streaming::tls_connector(&other_ca));
+    let url = streaming::exec_url(cri, &c, &["echo", "again"], StreamOptions::OUTPUT).await;
+    let endpoint = ok("https URL", Endpoint::parse_https(&url));
+    match streaming::tls_connect(&untrusting, &endpoint).await {
+        Ok(_) => panic!("a client trusting another CA completed a TLS handshake"),
+        Err(e) => {
+            let e = format!("{e:#}");
+            assert!(
+                e.to_ascii_lowercase().contains("certificate"),
+                "handshake against another CA failed for another reason: {e}"
+            );
+        }
+    }
+
+    // Plain HTTP on the TLS port gets no streaming session (and no HTTP answer at all: the
+    // TLS handshake fails and the server closes the connection).
+    let headers = streaming::spdy_upgrade_headers(SPDY_REMOTE_COMMAND);
+    match streaming::raw_request(&endpoint, "POST", &headers).await {
+        Ok((resp, upgraded)) => {
+            assert!(
+                upgraded.is_none() && resp.status != 101,
+                "plain HTTP on the TLS port was upgraded: {resp:?}"
+            );
+            eprintln!(
+                "plain HTTP on the TLS port: {} {:?}",
+                resp.status, resp.body
+            );
+        }
+        Err(e) => {
+            let e = format!("{e:#}");
+            assert!(
+                e.contains("connection ended in the response head"),
+                "plain HTTP on the TLS port: {e}"
+            );
+            eprintln!("plain HTTP on the TLS port: {e}");
+        }
+    }
+    // Neither attempt reached the router: the token still works, over TLS, and a fresh one too.
+    let (_, r) = tls_spdy_exec(&connector, &url, StreamOptions::OUTPUT).await;
+    assert_eq!(
+        (r.stdout(), &r.status),
+        ("again\n".into(), &ExitStatus::Success)
+    );
+    let url = streaming::exec_url(cri, &c, &["echo", "fresh"], StreamOptions::OUTPUT).await;
+    let (_, r) = tls_spdy_exec(&connector, &url, StreamOptions::OUTPUT).await;
+    assert_eq!(
+        (r.stdout(), &r.status),
+        ("fresh\n".into(), &ExitStatus::Success)
+    );
+
+    // A daemon given a certificate without its key (or a key without its certificate) refuses
+    // to start, saying what is missing; it never gets to serve CRI.
+    for (flag, file, missing) in [
+        ("--stream-tls-cert", "server.pem", "key"),
+        ("--stream-tls-key", "server-key.pem", "certificate"),
+    ] {
+        let base = node.base().join(format!("half-{missing}"));
+        let dirs = pods::short_dirs(&base);
+        let cni = base.join("cni");
+        let certs = base.join("certs.d");
+        std::fs::create_dir_all(&cni).expect("creating an empty CNI directory");
+        std::fs::create_dir_all(&certs).expect("creating an empty certs.d");
+        std::fs::write(base.join("runtime.toml"), "").expect("writing an empty config");
+        let opts = DaemonOptions {
+            dirs: Some(dirs.clone()),
+            extra_args: vec![
+                "--config".into(),
+                base.join("runtime.toml").display().to_string(),
+                "--registry-config-dir".into(),
+                certs.display().to_string(),
+                "--cgroup-driver".into(),
+                "cgroupfs".into(),
+                "--cni-conf-dir".into(),
+                cni.display().to_string(),
+                flag.into(),
+                tls_dir.join(file).display().to_string(),
+            ],
+            ready_timeout: Duration::from_secs(30),
+            ..Default::default()
+        };
+        let err = match RuntimeDaemon::start(opts).await {
+            Ok(_) => panic!("keelson-runtime started with {flag} alone"),
+            Err(e) => format!("{e:#}"),
+        };
+        let log = std::fs::read_to_string(&dirs.log).unwrap_or_default();
+        eprintln!("{flag} alone: {err}");
+        assert!(
+            err.contains("exited during start-up") && err.contains("exit status: 1"),
+            "{flag} alone: {err}"
+        );
+        let complaint = log
+            .lines()
+            .find(|l| l.starts_with("keelson-runtime:"))
+            .unwrap_or_else(|| panic!("{flag} alone: no error line in the log:\n{log}"));
+        assert!(
+            complaint.contains("stream") && complaint.contains(missing),
+            "{flag} alone: the error does not name the missing {missing}: {complaint:?}"
+        );
+        assert!(
+            !dirs.socket.exists(),
+            "{flag} alone: the daemon left its CRI socket"
+        );
+    }
+
+    assert!(node.daemon.is_running(), "the daemon died");
     node.remove_all_and_check_clean(&[&pod]).await;
     node.finish();
 }

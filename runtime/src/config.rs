@@ -30,6 +30,8 @@ pub enum ConfigError {
         "cgroup driver systemd needs systemd as init and a cgroup v2 host; use cgroupfs (or auto)"
     )]
     SystemdUnavailable,
+    #[error("streaming tls: {0}")]
+    StreamTls(&'static str),
 }
 
 /// Which cgroup manager the runtime drives.
@@ -154,6 +156,32 @@ fn split_dirs(s: &str) -> Vec<PathBuf> {
         .collect()
 }
 
+/// The streaming server's settings: TLS needs both halves, named when one is missing.
+fn streaming_options(
+    address: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+) -> Result<StreamingOptions, ConfigError> {
+    match (&tls_cert, &tls_key) {
+        (Some(_), None) => {
+            return Err(ConfigError::StreamTls(
+                "--stream-tls-cert needs --stream-tls-key (config key stream_tls_key)",
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(ConfigError::StreamTls(
+                "--stream-tls-key needs --stream-tls-cert (config key stream_tls_cert)",
+            ));
+        }
+        _ => {}
+    }
+    Ok(StreamingOptions {
+        address: address.unwrap_or_else(|| DEFAULT_STREAM_ADDRESS.into()),
+        tls_cert,
+        tls_key,
+    })
+}
+
 impl RuntimeConfig {
     /// Flags override the file, the file overrides defaults.
     pub fn assemble(
@@ -199,14 +227,11 @@ impl RuntimeConfig {
             registry_credentials: flags.registry_credentials.or(file.registry_credentials),
             cgroup_driver: CgroupDriver::resolve(&driver, systemd_booted)?,
             max_concurrent_downloads: file.max_concurrent_downloads.unwrap_or(4).clamp(1, 32),
-            streaming: StreamingOptions {
-                address: flags
-                    .stream_address
-                    .or(file.stream_address)
-                    .unwrap_or_else(|| DEFAULT_STREAM_ADDRESS.into()),
-                tls_cert: flags.stream_tls_cert.or(file.stream_tls_cert),
-                tls_key: flags.stream_tls_key.or(file.stream_tls_key),
-            },
+            streaming: streaming_options(
+                flags.stream_address.or(file.stream_address),
+                flags.stream_tls_cert.or(file.stream_tls_cert),
+                flags.stream_tls_key.or(file.stream_tls_key),
+            )?,
         })
     }
 }
@@ -267,6 +292,36 @@ mod tests {
             c.registry_credentials,
             Some(PathBuf::from("/run/flag.json"))
         );
+    }
+
+    #[test]
+    fn stream_tls_needs_both_halves() {
+        let flags = FlagOverrides {
+            stream_tls_cert: Some("/etc/k/cert.pem".into()),
+            ..Default::default()
+        };
+        let e = RuntimeConfig::assemble(FileConfig::default(), flags, false).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("--stream-tls-cert needs --stream-tls-key"),
+            "{e}"
+        );
+        let file = FileConfig::parse("stream_tls_key = \"/k.pem\"\n", Path::new("t.toml")).unwrap();
+        let e = RuntimeConfig::assemble(file, FlagOverrides::default(), false).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("--stream-tls-key needs --stream-tls-cert"),
+            "{e}"
+        );
+        let flags = FlagOverrides {
+            stream_address: Some("127.0.0.1:10010".into()),
+            stream_tls_cert: Some("/c.pem".into()),
+            stream_tls_key: Some("/k.pem".into()),
+            ..Default::default()
+        };
+        let c = RuntimeConfig::assemble(FileConfig::default(), flags, false).unwrap();
+        assert_eq!(c.streaming.address, "127.0.0.1:10010");
+        assert_eq!(c.streaming.tls_key, Some(PathBuf::from("/k.pem")));
     }
 
     #[test]

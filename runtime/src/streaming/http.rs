@@ -21,6 +21,8 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::Role;
 
 const PROTOCOL_HEADER: &str = "x-stream-protocol-version";
+/// A client that connects and never completes the handshake is dropped after this.
+const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 const PORT_FORWARD_PROTOCOL: &str = "portforward.k8s.io";
 /// kubectl 1.31+: SPDY port-forward carried in WebSocket binary messages.
 const TUNNEL_PROTOCOL: &str = "SPDY/3.1+portforward.k8s.io";
@@ -67,10 +69,13 @@ pub(super) async fn accept_loop(
         let tls = tls.clone();
         tokio::spawn(async move {
             match tls {
-                Some(acceptor) => match acceptor.accept(tcp).await {
-                    Ok(s) => serve_connection(s, server).await,
-                    Err(e) => tracing::debug!(error = %e, "streaming TLS handshake failed"),
-                },
+                Some(acceptor) => {
+                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(s)) => serve_connection(s, server).await,
+                        Ok(Err(e)) => tracing::debug!(error = %e, "streaming TLS handshake failed"),
+                        Err(_) => tracing::debug!("streaming TLS handshake timed out"),
+                    }
+                }
                 None => serve_connection(tcp, server).await,
             }
         });
