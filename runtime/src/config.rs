@@ -165,12 +165,12 @@ fn streaming_options(
     match (&tls_cert, &tls_key) {
         (Some(_), None) => {
             return Err(ConfigError::StreamTls(
-                "--stream-tls-cert needs --stream-tls-key (config key stream_tls_key)",
+                "--stream-tls-cert was given without --stream-tls-key: https needs the private key too (config key stream_tls_key)",
             ));
         }
         (None, Some(_)) => {
             return Err(ConfigError::StreamTls(
-                "--stream-tls-key needs --stream-tls-cert (config key stream_tls_cert)",
+                "--stream-tls-key was given without --stream-tls-cert: https needs the certificate too (config key stream_tls_cert)",
             ));
         }
         _ => {}
@@ -303,14 +303,14 @@ mod tests {
         let e = RuntimeConfig::assemble(FileConfig::default(), flags, false).unwrap_err();
         assert!(
             e.to_string()
-                .contains("--stream-tls-cert needs --stream-tls-key"),
+                .contains("--stream-tls-cert was given without --stream-tls-key"),
             "{e}"
         );
         let file = FileConfig::parse("stream_tls_key = \"/k.pem\"\n", Path::new("t.toml")).unwrap();
         let e = RuntimeConfig::assemble(file, FlagOverrides::default(), false).unwrap_err();
         assert!(
             e.to_string()
-                .contains("--stream-tls-key needs --stream-tls-cert"),
+                .contains("--stream-tls-key was given without --stream-tls-cert"),
             "{e}"
         );
         let flags = FlagOverrides {
