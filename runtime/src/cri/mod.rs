@@ -35,6 +35,7 @@ mod status;
 mod stop_container;
 mod stop_pod_sandbox;
 mod update_container_resources;
+mod update_runtime_config;
 mod version;
 
 use crate::config::RuntimeConfig;

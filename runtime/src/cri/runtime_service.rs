@@ -224,9 +224,9 @@ impl RuntimeService for CriService {
 
     async fn update_runtime_config(
         &self,
-        _request: Request<UpdateRuntimeConfigRequest>,
+        request: Request<UpdateRuntimeConfigRequest>,
     ) -> Result<Response<UpdateRuntimeConfigResponse>, Status> {
-        not_yet("UpdateRuntimeConfig")
+        super::update_runtime_config::handle(request.into_inner()).map(Response::new)
     }
 
     async fn checkpoint_container(
