@@ -19,6 +19,7 @@
 //! ```
 
 pub mod attach;
+pub mod fdpass;
 pub mod protocol;
 
 pub use protocol::{

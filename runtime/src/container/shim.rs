@@ -62,8 +62,8 @@ pub trait ShimOps: Send + Sync {
     /// The command that runs `cmd` in the container with the helper's own stdio as the
     /// process's, reporting a `StreamExecResult` on fd `result_fd`; with `console_socket_fd`
     /// (a terminal exec) the process gets a pty allocated in the container instead, whose
-    /// master the helper sends over that unix socket. Not spawned: the streaming server wires
-    /// its stdio and makes both descriptors inheritable.
+    /// master the helper sends over that unix socket. Both descriptors are inherited by the
+    /// helper. Not spawned: the streaming server wires its stdio.
     fn exec_stream_command(
         &self,
         id: &str,
@@ -99,6 +99,17 @@ pub struct ProcessShim {
 }
 
 impl ProcessShim {
+    /// `keelson-shim exec` for container `id`, before its mode flags and command.
+    fn exec_command(&self, id: &str, libcontainer_root: &Path) -> Command {
+        let mut c = Command::new(&self.binary);
+        c.arg("exec")
+            .arg("--id")
+            .arg(id)
+            .arg("--libcontainer-root")
+            .arg(libcontainer_root);
+        c
+    }
+
     /// `keelson-shim` next to the running executable, else the first on PATH.
     pub fn locate() -> Option<PathBuf> {
         let beside = std::env::current_exe()
@@ -206,12 +217,7 @@ impl ShimOps for ProcessShim {
             id: id.into(),
             message,
         };
-        let mut c = Command::new(&self.binary);
-        c.arg("exec")
-            .arg("--id")
-            .arg(id)
-            .arg("--libcontainer-root")
-            .arg(libcontainer_root);
+        let mut c = self.exec_command(id, libcontainer_root);
         if let Some(t) = timeout {
             c.arg("--timeout-secs").arg(t.as_secs().max(1).to_string());
         }
@@ -238,13 +244,8 @@ impl ShimOps for ProcessShim {
         console_socket_fd: Option<i32>,
         result_fd: i32,
     ) -> Command {
-        let mut c = Command::new(&self.binary);
-        c.arg("exec")
-            .arg("--stream")
-            .arg("--id")
-            .arg(id)
-            .arg("--libcontainer-root")
-            .arg(libcontainer_root)
+        let mut c = self.exec_command(id, libcontainer_root);
+        c.arg("--stream")
             .arg("--result-fd")
             .arg(result_fd.to_string());
         if let Some(fd) = console_socket_fd {
@@ -256,6 +257,12 @@ impl ShimOps for ProcessShim {
                 .arg("TERM=xterm");
         }
         c.arg("--").args(cmd);
+        inherit_fds(
+            &mut c,
+            std::iter::once(result_fd)
+                .chain(console_socket_fd)
+                .collect(),
+        );
         c
     }
 }

@@ -6,7 +6,6 @@
 use super::pty;
 use super::remotecommand::{Outcome, RemoteIo, wait_gone};
 use crate::container::manager::ContainerManager;
-use crate::container::shim::inherit_fds;
 use keelson_shim::protocol::StreamExecResult;
 use std::io::Read;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -83,13 +82,9 @@ async fn run(
         .transpose()
         .map_err(|e| format!("creating the exec console socket: {e}"))?;
     let console_fd = console.as_ref().map(|(_, theirs)| theirs.as_raw_fd());
-    let mut std_cmd = containers
+    let std_cmd = containers
         .exec_stream_command(&plan.container_id, &plan.cmd, console_fd, result_fd)
         .map_err(|e| e.to_string())?;
-    inherit_fds(
-        &mut std_cmd,
-        std::iter::once(result_fd).chain(console_fd).collect(),
-    );
     let mut cmd = tokio::process::Command::from(std_cmd);
     if plan.tty {
         // The process's stdio is the container's pty: the helper's own is not used.

@@ -5,11 +5,9 @@
 
 use super::remotecommand::TerminalSize;
 use nix::pty::Winsize;
-use nix::sys::socket::{
-    AddressFamily, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg, socketpair,
-};
-use std::io::{self, IoSliceMut};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
 use tokio::io::unix::AsyncFd;
 
 /// The runtime's end of a pty.
@@ -56,38 +54,13 @@ pub fn console_socket() -> io::Result<(ConsoleSocket, OwnedFd)> {
     Ok((ConsoleSocket { fd }, theirs))
 }
 
-/// One message with at most one descriptor (`SCM_RIGHTS`, close-on-exec; extra ones are
-/// closed); `Ok(None)` at end of file or for a message without one.
-fn receive_fd(socket: RawFd) -> io::Result<Option<OwnedFd>> {
-    let mut payload = [0u8; 256];
-    let mut iov = [IoSliceMut::new(&mut payload)];
-    let mut space = nix::cmsg_space!([RawFd; 4]);
-    let msg = recvmsg::<()>(
-        socket,
-        &mut iov,
-        Some(&mut space),
-        MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT,
-    )?;
-    let mut received = Vec::new();
-    for cmsg in msg.cmsgs()? {
-        if let ControlMessageOwned::ScmRights(fds) = cmsg {
-            for fd in fds {
-                // SAFETY: the kernel installed this descriptor in our table for this message;
-                // nothing else owns it.
-                received.push(unsafe { OwnedFd::from_raw_fd(fd) });
-            }
-        }
-    }
-    Ok(received.into_iter().next())
-}
-
 impl ConsoleSocket {
     /// Waits for the pty master; `Ok(None)` when the helper closed the socket without sending
     /// one (it failed first: its result says why).
     pub async fn receive_master(&self) -> io::Result<Option<PtyMaster>> {
         loop {
             let mut guard = self.fd.readable().await?;
-            match guard.try_io(|fd| receive_fd(fd.get_ref().as_raw_fd())) {
+            match guard.try_io(|fd| keelson_shim::fdpass::receive_fd(fd.get_ref().as_raw_fd())) {
                 Ok(Ok(Some(master))) => return PtyMaster::from_fd(master).map(Some),
                 Ok(Ok(None)) => return Ok(None),
                 Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -239,7 +212,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_master_arrives_over_the_console_socket() {
-        use nix::sys::socket::{ControlMessage, sendmsg};
+        use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
         let (socket, theirs) = console_socket().unwrap();
         let flags = nix::fcntl::fcntl(&theirs, nix::fcntl::FcntlArg::F_GETFD).unwrap();
         assert_ne!(

@@ -21,16 +21,17 @@
 
 use std::ffi::CStr;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, IoSlice, IoSliceMut};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::io::{self, IoSlice};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use keelson_shim::fdpass;
 use nix::errno::Errno;
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
+use nix::poll::{PollFd, PollFlags, poll};
+use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
 use nix::sys::statfs::fstatfs;
 
 /// Failures of the console handshake.
@@ -258,7 +259,7 @@ impl ConsoleSocket {
         };
         stream.set_nonblocking(true).map_err(recv_err)?;
         loop {
-            match receive_fd(stream.as_raw_fd()) {
+            match fdpass::receive_fd(stream.as_raw_fd()) {
                 Ok(Some(fd)) => {
                     set_nonblocking(&fd).map_err(recv_err)?;
                     return Ok(fd);
@@ -268,14 +269,14 @@ impl ConsoleSocket {
                         path: self.path.clone(),
                     });
                 }
-                Err(Errno::EAGAIN) => {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     wait_readable(stream.as_fd(), deadline).map_err(|()| ConsoleError::Timeout {
                         path: self.path.clone(),
                         waited: timeout,
                     })?
                 }
-                Err(Errno::EINTR) => {}
-                Err(e) => return Err(recv_err(e.into())),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(recv_err(e)),
             }
         }
     }
@@ -289,41 +290,14 @@ impl Drop for ConsoleSocket {
 
 /// Wait until `fd` is readable; `Err` once `deadline` passed.
 fn wait_readable(fd: BorrowedFd<'_>, deadline: Instant) -> Result<(), ()> {
-    let left = deadline.saturating_duration_since(Instant::now());
-    if left.is_zero() {
+    if deadline.saturating_duration_since(Instant::now()).is_zero() {
         return Err(());
     }
-    let ms = left.as_millis().saturating_add(1).min(60_000) as u16;
     let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
-    match poll(&mut fds, PollTimeout::from(ms)) {
+    match poll(&mut fds, crate::monitor::poll_timeout(Some(deadline))) {
         Ok(0) => Err(()),
         _ => Ok(()),
     }
-}
-
-/// One message with at most one descriptor in `SCM_RIGHTS` (close-on-exec); `None` when the
-/// peer closed or sent none. Extra descriptors are closed.
-fn receive_fd(socket: RawFd) -> Result<Option<OwnedFd>, Errno> {
-    let mut payload = [0u8; 256];
-    let mut iov = [IoSliceMut::new(&mut payload)];
-    let mut space = nix::cmsg_space!([RawFd; 4]);
-    let msg = recvmsg::<()>(
-        socket,
-        &mut iov,
-        Some(&mut space),
-        MsgFlags::MSG_CMSG_CLOEXEC,
-    )?;
-    let mut received: Vec<OwnedFd> = Vec::new();
-    for cmsg in msg.cmsgs().map_err(|_| Errno::EINVAL)? {
-        if let ControlMessageOwned::ScmRights(fds) = cmsg {
-            for fd in fds {
-                // SAFETY: the kernel installed this descriptor in our table for this message;
-                // nothing else owns it.
-                received.push(unsafe { OwnedFd::from_raw_fd(fd) });
-            }
-        }
-    }
-    Ok(received.into_iter().next())
 }
 
 fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
@@ -433,7 +407,7 @@ mod tests {
         )
         .unwrap();
         send_master(theirs.as_fd(), &terminal).unwrap();
-        let master = receive_fd(ours.as_raw_fd()).unwrap().unwrap();
+        let master = fdpass::receive_fd(ours.as_raw_fd()).unwrap().unwrap();
         set_window_size(master.as_fd(), 100, 30).unwrap();
         assert_eq!(window_size(terminal.slave.as_fd()).unwrap(), (100, 30));
         nix::unistd::write(&terminal.slave, b"x").unwrap();

@@ -14,7 +14,6 @@
 //! a literal directory name. [`systemd_driver_problem`] refuses those cases up front, with a
 //! reason, instead.
 
-use std::error::Error as _;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
@@ -59,6 +58,16 @@ pub fn describe(err: &LibcontainerError) -> String {
         }
         _ => {}
     }
+    with_causes(text, err)
+}
+
+/// An error and its causes on one line.
+pub fn chain(err: &dyn std::error::Error) -> String {
+    with_causes(err.to_string(), err)
+}
+
+/// `text` followed by each cause of `err` it does not already say.
+fn with_causes(mut text: String, err: &dyn std::error::Error) -> String {
     let mut source = err.source();
     while let Some(cause) = source {
         let cause_text = cause.to_string();

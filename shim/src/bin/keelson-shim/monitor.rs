@@ -522,7 +522,8 @@ pub struct Monitor {
 
 const STREAMS: [Stream; 2] = [Stream::Stdout, Stream::Stderr];
 
-fn poll_timeout(deadline: Option<Instant>) -> PollTimeout {
+/// How long `poll` may sleep to wake at `deadline` (rounded up, capped at a minute), or forever.
+pub fn poll_timeout(deadline: Option<Instant>) -> PollTimeout {
     match deadline {
         Some(deadline) => {
             let left = deadline.saturating_duration_since(Instant::now());

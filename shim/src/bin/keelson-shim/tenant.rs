@@ -60,7 +60,7 @@ use oci_spec::runtime::{
 use tracing::debug;
 
 use crate::cli::ExecArgs;
-use crate::container::{self, ContainerError};
+use crate::container::{self, ContainerError, chain};
 use crate::{console, oom, procinfo};
 
 /// `/etc/passwd` larger than this is not read for `HOME`.
@@ -175,21 +175,6 @@ pub enum ExecIo {
     /// The slave of a pty allocated in the container, whose master is sent over this
     /// connected unix socket first.
     Console(OwnedFd),
-}
-
-/// An error and its causes on one line.
-fn chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 fn settings(id: &str, spec: &Spec, args: &ExecArgs) -> Result<Settings, TenantError> {

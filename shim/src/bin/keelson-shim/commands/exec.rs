@@ -21,13 +21,14 @@ use anyhow::{Context, Result, anyhow, bail};
 use keelson_shim::protocol::{ExecResult, StreamExecResult};
 use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, FdFlag, OFlag, fcntl};
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::poll::{PollFd, PollFlags, poll};
 use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{Pid, pipe2};
 use tracing::{info, warn};
 
 use crate::cli::ExecArgs;
+use crate::monitor::poll_timeout;
 use crate::{signals, tenant};
 
 /// Most output kept per stream; the rest is read and discarded.
@@ -110,6 +111,16 @@ fn block_signals() -> Result<nix::sys::signalfd::SignalFd> {
     ])?)
 }
 
+/// `--libcontainer-root` made absolute, as libcontainer's state paths need.
+fn libcontainer_root(args: &ExecArgs) -> Result<std::path::PathBuf> {
+    std::path::absolute(&args.libcontainer_root).with_context(|| {
+        format!(
+            "invalid libcontainer root {}",
+            args.libcontainer_root.display()
+        )
+    })
+}
+
 fn exit_code(status: WaitStatus) -> Option<i32> {
     match status {
         WaitStatus::Exited(_, code) => Some(code),
@@ -146,12 +157,7 @@ fn run_exec(args: &ExecArgs) -> Result<ExecResult> {
     if args.tty {
         bail!("--tty needs --stream");
     }
-    let root = std::path::absolute(&args.libcontainer_root).with_context(|| {
-        format!(
-            "invalid libcontainer root {}",
-            args.libcontainer_root.display()
-        )
-    })?;
+    let root = libcontainer_root(args)?;
     let prepared = tenant::prepare(args, &root)?;
 
     // Blocked (into a signalfd) before anything is forked, so a cancel arriving while the
@@ -199,16 +205,7 @@ fn run_exec(args: &ExecArgs) -> Result<ExecResult> {
             None if killed => None,
             None => deadline,
         };
-        let timeout = match wake {
-            Some(w) => {
-                let ms = w
-                    .saturating_duration_since(now)
-                    .as_millis()
-                    .saturating_add(1);
-                PollTimeout::from(ms.min(60_000) as u16)
-            }
-            None => PollTimeout::NONE,
-        };
+        let timeout = poll_timeout(wake);
         let revents: Vec<bool> = {
             let mut fds = vec![PollFd::new(signal_fd.as_fd(), PollFlags::POLLIN)];
             for o in &outputs {
@@ -327,12 +324,7 @@ fn release_std() -> Result<()> {
 /// Start the command on this process's stdio and wait for it; its exit code (128+N for a
 /// signal N).
 fn run_stream(args: &ExecArgs) -> Result<i32> {
-    let root = std::path::absolute(&args.libcontainer_root).with_context(|| {
-        format!(
-            "invalid libcontainer root {}",
-            args.libcontainer_root.display()
-        )
-    })?;
+    let root = libcontainer_root(args)?;
     // Adopted first: on any failure below, dropping it tells the runtime no terminal comes.
     let console_socket = args
         .console_socket_fd
@@ -375,16 +367,7 @@ fn run_stream(args: &ExecArgs) -> Result<i32> {
             let _ = kill(pid, Signal::SIGKILL);
             killed = true;
         }
-        let timeout = match deadline.filter(|_| !killed) {
-            Some(d) => {
-                let ms = d
-                    .saturating_duration_since(now)
-                    .as_millis()
-                    .saturating_add(1);
-                PollTimeout::from(ms.min(60_000) as u16)
-            }
-            None => PollTimeout::NONE,
-        };
+        let timeout = poll_timeout(deadline.filter(|_| !killed));
         let mut fds = [PollFd::new(signal_fd.as_fd(), PollFlags::POLLIN)];
         match poll(&mut fds, timeout) {
             Ok(_) | Err(Errno::EINTR) => {}
