@@ -3,7 +3,8 @@
 #   make build    debug build of every binary
 #   make release  release build of every binary
 #   make test     exactly what CI (.ci/run) runs: fmt, clippy, build, tests
-#   make bench    release build, then keelson-bench (prints figures, asserts nothing about time)
+#   make bench    release build, then keelson-bench and keelson-server-bench (prints figures,
+#                 asserts nothing about time)
 #   make install  binaries to $(PREFIX)/bin, systemd units to /etc/systemd/system
 #   make up       (root) release build, start keelson-server and keelson-runtime in the background
 #   make down     stop what `make up` started
@@ -62,6 +63,8 @@ bench: release
 		echo "installing skopeo"; \
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends skopeo </dev/null; }
 	KEELSON_BIN_DIR=$(RELEASE_DIR) $(RELEASE_DIR)/keelson-bench
+	KEELSON_BIN_DIR=$(RELEASE_DIR) $(RELEASE_DIR)/keelson-server-bench
+	KEELSON_BIN_DIR=$(RELEASE_DIR) $(RELEASE_DIR)/keelson-server-bench --store=etcd
 
 install: release
 	@for b in $(BINARIES); do \

@@ -3,5 +3,6 @@
 
 pub mod api;
 pub mod pki;
+pub mod scheduler;
 pub mod server;
 pub mod store;

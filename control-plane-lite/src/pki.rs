@@ -5,9 +5,13 @@
 //! DATA_DIR/pki/ca.crt, ca.key (0600)          the cluster CA
 //! DATA_DIR/pki/server.crt, server.key (0600)  serving certificate; server.sans lists its SANs
 //! DATA_DIR/pki/admin.token (0600)             the admin bearer token
-//! DATA_DIR/node-token (0600)                  the token agents present
+//! DATA_DIR/node-token (0600)                  the token agents present (see api::auth)
 //! DATA_DIR/admin.kubeconfig (0600)            kubectl --kubeconfig works with it as is
 //! ```
+//!
+//! Certificates made in memory, never written: node client certificates for tests
+//! ([`issue_node_client_cert`]) and, at each start, the client certificate the server
+//! presents to node agents ([`issue_kubelet_client_cert`]).
 
 use std::fs;
 use std::io::Write;
@@ -172,6 +176,38 @@ pub fn issue(
     let key = KeyPair::generate().map_err(cert_err("leaf key"))?;
     let cert = p.signed_by(&key, &issuer).map_err(cert_err(common_name))?;
     Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// The common name of the client certificate the server presents to node agents; agents
+/// accept proxied requests (logs, exec, attach, port-forward, nodes/proxy) from it.
+pub const KUBELET_CLIENT_CN: &str = "keelson-apiserver-kubelet-client";
+/// The organisation of that certificate (deliberately not `system:masters`: presented back
+/// to the API server it is only a read-only user).
+pub const KUBELET_CLIENT_ORG: &str = "keelson:apiservers";
+
+/// A client certificate (PEM cert, PEM key) for node `node`: CN `system:node:<node>`,
+/// O `system:nodes`, the identity the API server authorizes as that node.
+pub fn issue_node_client_cert(pki: &Pki, node: &str) -> Result<(String, String), PkiError> {
+    issue(
+        &pki.ca_cert_pem,
+        &pki.ca_key_pem,
+        &format!("system:node:{node}"),
+        &["system:nodes"],
+        &[],
+        true,
+    )
+}
+
+/// The client certificate the server presents to node agents (CN [`KUBELET_CLIENT_CN`]).
+pub fn issue_kubelet_client_cert(pki: &Pki) -> Result<(String, String), PkiError> {
+    issue(
+        &pki.ca_cert_pem,
+        &pki.ca_key_pem,
+        KUBELET_CLIENT_CN,
+        &[KUBELET_CLIENT_ORG],
+        &[],
+        true,
+    )
 }
 
 impl Pki {

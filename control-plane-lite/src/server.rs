@@ -1,5 +1,6 @@
 //! HTTPS: the TLS listener (rustls with the `ring` provider; client certificates optional but
-//! verified against the CA when presented) and HTTP/1.1 connections served by hyper.
+//! verified against the CA when presented) and HTTP/1.1 connections served by hyper, with
+//! upgrades (the exec/attach/portforward streams proxied to node agents).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -117,6 +118,8 @@ pub async fn serve(
             if let Err(e) = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .serve_connection(TokioIo::new(tls), service)
+                // exec/attach/portforward upgrade the connection and are spliced to the agent.
+                .with_upgrades()
                 .await
             {
                 tracing::debug!(%peer, error = %e, "connection ended");

@@ -58,8 +58,23 @@ struct Server {
 
 impl Server {
     fn start(kubectl: PathBuf, store: &str) -> Server {
+        Server::start_with_pki(kubectl, store, None)
+    }
+
+    /// A server that shares `replica_of`'s CA, serving credentials and tokens (copied into its
+    /// data directory before it starts), as a second replica on the same store would.
+    fn start_with_pki(kubectl: PathBuf, store: &str, replica_of: Option<&Server>) -> Server {
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::create_dir_all(dir.path().join("home")).unwrap();
+        if let Some(other) = replica_of {
+            let data = dir.path().join("data");
+            std::fs::create_dir_all(data.join("pki")).unwrap();
+            for f in std::fs::read_dir(other.data_dir().join("pki")).unwrap() {
+                let f = f.unwrap();
+                std::fs::copy(f.path(), data.join("pki").join(f.file_name())).unwrap();
+            }
+            std::fs::copy(other.data_dir().join("node-token"), data.join("node-token")).unwrap();
+        }
         let mut s = Server {
             child: None,
             dir,
@@ -838,4 +853,952 @@ fn etcd_store_serves_kubectl() {
     );
     s.ok(&["delete", "cm", "c", "-n", "x"]);
     s.fails(&["get", "cm", "c", "-n", "x"]);
+}
+
+/// Polls `f` until it holds, failing with `what` after 30 s.
+fn eventually(s: &Server, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !f() {
+        assert!(Instant::now() < deadline, "{what}\n{}", s.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn describe_shows_events_in_both_versions() {
+    let k = need_kubectl!();
+    let s = Server::start(k, "embedded");
+    // Left to another scheduler: no event from the built-in one.
+    let manifest = s.write(
+        "pod.yaml",
+        &POD.replace("spec:\n", "spec:\n  schedulerName: elsewhere\n"),
+    );
+    s.ok(&["create", "-f", &manifest]);
+    let d = s.ok(&["describe", "pod", "web"]);
+    assert!(
+        d.lines()
+            .any(|l| l.starts_with("Events:") && l.contains("<none>")),
+        "{d}"
+    );
+    let uid = s.json(&["get", "pod", "web"])["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let ev = s.write(
+        "ev.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Event\nmetadata: {{name: web.1}}\ninvolvedObject: {{apiVersion: v1, kind: Pod, name: web, namespace: default, uid: {uid}}}\nreason: Pulling\nmessage: Pulling image busybox:1.36\ntype: Normal\ncount: 1\nfirstTimestamp: \"2025-01-01T00:00:00Z\"\nlastTimestamp: \"2025-01-01T00:00:00Z\"\nsource: {{component: kubelet, host: n1}}\n"
+        ),
+    );
+    s.ok(&["create", "-f", &ev]);
+    // The same kind of event written through events.k8s.io/v1.
+    let ev2 = s.write(
+        "ev2.yaml",
+        &format!(
+            "apiVersion: events.k8s.io/v1\nkind: Event\nmetadata: {{name: web.2}}\neventTime: \"2025-01-01T00:00:01.000000Z\"\nregarding: {{apiVersion: v1, kind: Pod, name: web, namespace: default, uid: {uid}}}\nreason: Pulled\nnote: Successfully pulled image busybox:1.36\ntype: Normal\naction: Pull\nreportingController: kubelet\nreportingInstance: n1\n"
+        ),
+    );
+    s.ok(&["create", "-f", &ev2]);
+    let d = s.ok(&["describe", "pod", "web"]);
+    assert!(
+        d.contains("Events:")
+            && d.contains("Pulling image busybox:1.36")
+            && d.contains("Successfully pulled image busybox:1.36"),
+        "{d}"
+    );
+    let e = s.ok(&["events"]);
+    assert!(e.contains("Pulling") && e.contains("Pod/web"), "{e}");
+    let e = s.ok(&["events", "--for", "pod/web"]);
+    assert!(e.contains("Successfully pulled"), "{e}");
+    let t = s.ok(&["get", "events"]);
+    assert!(t.contains("pod/web") && t.contains("Pulled"), "{t}");
+    let t = s.ok(&["get", "events.v1.events.k8s.io"]);
+    assert!(t.contains("pod/web") && t.contains("Pulling"), "{t}");
+    let v1 = s.json(&["get", "events.v1.events.k8s.io", "web.1"]);
+    assert_eq!(v1["note"], "Pulling image busybox:1.36");
+    assert_eq!(v1["regarding"]["uid"], uid.as_str());
+    assert_eq!(v1["deprecatedSource"]["component"], "kubelet");
+    let res = s.ok(&["api-resources", "--api-group=events.k8s.io"]);
+    assert!(res.contains("events.k8s.io/v1"), "{res}");
+}
+
+#[test]
+fn delete_namespace_with_content() {
+    let k = need_kubectl!();
+    let s = Server::start(k, "embedded");
+    s.ok(&["create", "ns", "x"]);
+    s.ok(&["create", "configmap", "c", "--from-literal=a=b", "-n", "x"]);
+    let manifest = s.write("pod.yaml", POD);
+    s.ok(&["create", "-f", &manifest, "-n", "x"]);
+    let out = s.ok(&["delete", "ns", "x"]);
+    assert!(out.contains("namespace \"x\" deleted"), "{out}");
+    let err = s.fails(&["get", "ns", "x"]);
+    assert!(err.contains("NotFound"), "{err}");
+    s.ok(&["create", "ns", "x"]);
+    s.fails(&["get", "cm", "c", "-n", "x"]);
+    // The default namespaces cannot be deleted.
+    let err = s.fails(&["delete", "ns", "default"]);
+    assert!(
+        err.contains("Forbidden") && err.contains("may not be deleted"),
+        "{err}"
+    );
+    // Content with a finalizer holds a namespace in Terminating.
+    s.ok(&["create", "ns", "term"]);
+    let held = s.write(
+        "held.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: held\n  namespace: term\n  finalizers: [example.com/hold]\ndata: {a: b}\n",
+    );
+    s.ok(&["create", "-f", &held]);
+    s.ok(&["delete", "ns", "term", "--wait=false"]);
+    let ns = s.ok(&["get", "ns", "term"]);
+    assert!(ns.contains("Terminating"), "{ns}");
+    let y = s.json(&["get", "ns", "term"]);
+    assert_eq!(y["spec"]["finalizers"], serde_json::json!(["kubernetes"]));
+    assert!(y["metadata"]["deletionTimestamp"].is_string());
+    let err = s.fails(&["create", "configmap", "late", "-n", "term"]);
+    assert!(
+        err.contains("is forbidden") && err.contains("because it is being terminated"),
+        "{err}"
+    );
+    s.ok(&[
+        "patch",
+        "cm",
+        "held",
+        "-n",
+        "term",
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"finalizers":null}}"#,
+    ]);
+    eventually(&s, "namespace term was not finalized", || {
+        !s.kubectl(&["get", "ns", "term"]).status.success()
+    });
+}
+
+#[test]
+fn server_side_apply_twice_and_dry_runs() {
+    let k = need_kubectl!();
+    let s = Server::start(k, "embedded");
+    let manifest = s.write("pod.yaml", POD);
+    let out = s.ok(&[
+        "apply",
+        "--server-side",
+        "-f",
+        &manifest,
+        "--dry-run=server",
+    ]);
+    assert!(out.contains("(server dry run)"), "{out}");
+    s.fails(&["get", "pod", "web"]);
+    let out = s.ok(&["apply", "--server-side", "-f", &manifest]);
+    assert!(out.contains("pod/web serverside-applied"), "{out}");
+    let changed = POD
+        .replace("labels: {app: web}", "labels: {app: web2}")
+        .replace("busybox:1.36", "busybox:1.37");
+    s.write("pod.yaml", &changed);
+    let out = s.ok(&["apply", "--server-side", "-f", &manifest]);
+    assert!(out.contains("pod/web serverside-applied"), "{out}");
+    let pod = s.json(&["get", "pod", "web"]);
+    assert_eq!(pod["spec"]["containers"][0]["image"], "busybox:1.37");
+    assert_eq!(
+        pod["metadata"]["labels"],
+        serde_json::json!({"app": "web2"})
+    );
+    let managed = s.json(&["get", "pod", "web", "--show-managed-fields"]);
+    assert_eq!(
+        managed["metadata"]["managedFields"][0]["manager"],
+        "kubectl"
+    );
+    // Server dry runs of create, apply and delete change nothing.
+    let out = s.ok(&[
+        "create",
+        "configmap",
+        "c",
+        "--from-literal=a=b",
+        "--dry-run=server",
+    ]);
+    assert!(out.contains("(server dry run)"), "{out}");
+    s.fails(&["get", "cm", "c"]);
+    s.write("pod.yaml", &changed.replace("busybox:1.37", "busybox:1.38"));
+    s.ok(&[
+        "apply",
+        "--server-side",
+        "-f",
+        &manifest,
+        "--dry-run=server",
+    ]);
+    let pod = s.json(&["get", "pod", "web"]);
+    assert_eq!(pod["spec"]["containers"][0]["image"], "busybox:1.37");
+    let out = s.ok(&["delete", "pod", "web", "--dry-run=server"]);
+    assert!(out.contains("(server dry run)"), "{out}");
+    s.ok(&["get", "pod", "web"]);
+}
+
+#[test]
+fn cascade_orphan_background_and_foreground() {
+    let k = need_kubectl!();
+    let s = Server::start(k, "embedded");
+    let dependent = |owner: &str, name: &str| {
+        s.ok(&["create", "configmap", owner, "--from-literal=a=b"]);
+        let uid = s.json(&["get", "cm", owner])["metadata"]["uid"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let dep = s.write(
+            &format!("{name}.yaml"),
+            &format!(
+                "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n  ownerReferences:\n  - {{apiVersion: v1, kind: ConfigMap, name: {owner}, uid: {uid}, blockOwnerDeletion: true}}\ndata: {{a: b}}\n"
+            ),
+        );
+        s.ok(&["create", "-f", &dep]);
+    };
+    dependent("owner1", "orphaned");
+    s.ok(&["delete", "cm", "owner1", "--cascade=orphan", "--wait=false"]);
+    eventually(&s, "owner1 was not deleted", || {
+        !s.kubectl(&["get", "cm", "owner1"]).status.success()
+    });
+    let dep = s.json(&["get", "cm", "orphaned"]);
+    assert!(dep["metadata"].get("ownerReferences").is_none(), "{dep}");
+
+    dependent("owner2", "collected");
+    s.ok(&["delete", "cm", "owner2"]);
+    eventually(&s, "the dependent of owner2 was not collected", || {
+        !s.kubectl(&["get", "cm", "collected"]).status.success()
+    });
+
+    dependent("owner3", "first");
+    s.ok(&["delete", "cm", "owner3", "--cascade=foreground"]);
+    s.fails(&["get", "cm", "first"]);
+    s.fails(&["get", "cm", "owner3"]);
+    // A dry run of a cascading delete changes nothing.
+    dependent("owner4", "stays");
+    s.ok(&["delete", "cm", "owner4", "--dry-run=server"]);
+    s.ok(&["get", "cm", "owner4"]);
+    s.ok(&["get", "cm", "stays"]);
+}
+
+/// Node credentials (`<node>:<password>:<node-token>`) under kubectl: the node reads nodes
+/// but not secrets, cannot change another node; `kubectl logs` and `kubectl exec` print the
+/// server's clear errors for an unbound pod, a node without an agent and an agent that
+/// refuses connections.
+#[test]
+fn node_credentials_and_unreachable_agents() {
+    let k = need_kubectl!();
+    let s = Server::start(k, "embedded");
+    let admin = std::fs::read_to_string(s.kubeconfig()).unwrap();
+    let node_token = std::fs::read_to_string(s.data_dir().join("node-token")).unwrap();
+    let node_config = admin.replace(
+        &format!(
+            "token: {}",
+            admin
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("token: "))
+                .unwrap()
+        ),
+        &format!("token: n1:password-one-0123456789:{}", node_token.trim()),
+    );
+    let node = s.write("n1.kubeconfig", &node_config);
+    let as_node = |args: &[&str]| s.kubectl_with(Path::new(&node), args);
+    let node_yaml = |name: &str| format!("apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n");
+    let n1 = s.write("n1.yaml", &node_yaml("n1"));
+    let out = as_node(&["create", "-f", &n1]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    s.ok(&["create", "-f", &s.write("n2.yaml", &node_yaml("n2"))]);
+    let out = as_node(&["label", "node", "n2", "a=b"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(r#"Error from server (Forbidden): nodes "n2" is forbidden: User "system:node:n1" cannot patch resource "nodes""#),
+        "{err}"
+    );
+    let out = as_node(&["get", "secrets", "-A"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Forbidden"));
+    let out = as_node(&["get", "nodes", "-o", "name"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "node/n1\nnode/n2\n");
+
+    // The agent of n1 is at a loopback port nothing listens on.
+    let port = free_port();
+    s.ok(&[
+        "patch",
+        "node",
+        "n1",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        &format!(r#"{{"status":{{"addresses":[{{"type":"InternalIP","address":"127.0.0.1"}}],"daemonEndpoints":{{"kubeletEndpoint":{{"Port":{port}}}}}}}}}"#),
+    ]);
+    let pod = |name: &str, node: &str| {
+        let node_line = if node.is_empty() {
+            String::new()
+        } else {
+            format!("  nodeName: {node}\n")
+        };
+        s.write(
+            &format!("{name}.yaml"),
+            &format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n{node_line}  containers:\n  - name: c\n    image: busybox\n"),
+        )
+    };
+    s.ok(&["create", "-f", &pod("on-n1", "n1")]);
+    s.ok(&["create", "-f", &pod("on-n2", "n2")]);
+    s.ok(&["create", "-f", &pod("pending", "")]);
+    let err = s.fails(&["logs", "on-n1"]);
+    assert!(
+        err.contains(&format!(
+            r#"Error from server (ServiceUnavailable): the agent of node "n1" at 127.0.0.1:{port} cannot be reached: connection refused"#
+        )),
+        "{err}"
+    );
+    let err = s.fails(&["exec", "on-n1", "--", "ls"]);
+    assert!(
+        err.contains("cannot be reached: connection refused"),
+        "{err}"
+    );
+    let err = s.fails(&["logs", "on-n2"]);
+    assert!(
+        err.contains(r#"node "n2" reports no address for its agent"#),
+        "{err}"
+    );
+    let err = s.fails(&["logs", "pending"]);
+    assert!(
+        err.contains("pod pending does not have a host assigned"),
+        "{err}"
+    );
+}
+
+/// `kubectl explain` reads the server's OpenAPI v3 schemas; strict validation still comes
+/// from the server.
+#[test]
+fn explain_reads_the_published_schemas() {
+    let k = need_kubectl!();
+    let s = Server::start(k, "embedded");
+    let out = s.ok(&["explain", "pod.spec"]);
+    assert!(out.contains("FIELD: spec <PodSpec>"), "{out}");
+    assert!(
+        out.contains("containers\t<[]Container> -required-"),
+        "{out}"
+    );
+    let out = s.ok(&["explain", "pod.spec.containers.resources"]);
+    assert!(out.contains("limits\t<map[string]Quantity>"), "{out}");
+    let out = s.ok(&["explain", "configmaps"]);
+    assert!(out.contains("KIND:       ConfigMap"), "{out}");
+    assert!(out.contains("data\t<map[string]string>"), "{out}");
+    let out = s.ok(&["explain", "lease.spec"]);
+    assert!(out.contains("GROUP:      coordination.k8s.io"), "{out}");
+    assert!(out.contains("holderIdentity\t<string>"), "{out}");
+    let out = s.ok(&["explain", "services.spec.ports"]);
+    assert!(out.contains("targetPort\t<IntOrString>"), "{out}");
+    assert!(out.contains("port\t<integer> -required-"), "{out}");
+    // An unknown field is still refused under kubectl's default strict validation.
+    let bad = s.write("bad.yaml", &POD.replace("spec:\n", "spec:\n  foo: bar\n"));
+    let err = s.fails(&["apply", "-f", &bad]);
+    assert!(err.contains("unknown field \"spec.foo\""), "{err}");
+    let good = s.write("good.yaml", POD);
+    assert_eq!(s.ok(&["apply", "-f", &good]).trim(), "pod/web created");
+    assert_eq!(
+        s.ok(&["apply", "--validate=true", "-f", &good]).trim(),
+        "pod/web unchanged"
+    );
+}
+
+/// Services: `kubectl create service` (protobuf bodies), apply with port merges, defaults,
+/// allocated cluster IPs and node ports, the `get` columns, and `cluster-info`.
+#[test]
+fn services_and_cluster_info() {
+    let k = need_kubectl!();
+    let s = Server::start(k, "embedded");
+    // Older kubectl versions color the line; the words are the same.
+    let out: String = s
+        .ok(&["cluster-info"])
+        .split('\u{1b}')
+        .enumerate()
+        .map(|(i, part)| {
+            if i == 0 {
+                part
+            } else {
+                part.split_once('m').map_or("", |(_, rest)| rest)
+            }
+        })
+        .collect();
+    assert!(
+        out.contains(&format!(
+            "Kubernetes control plane is running at https://127.0.0.1:{}",
+            s.port
+        )),
+        "{out}"
+    );
+    let kube = s.json(&["get", "svc", "kubernetes", "-n", "default"]);
+    assert_eq!(kube["spec"]["clusterIP"], "10.43.0.1");
+    assert_eq!(kube["spec"]["ports"][0]["targetPort"], s.port);
+
+    s.ok(&["create", "service", "clusterip", "web", "--tcp=80:8080"]);
+    s.ok(&[
+        "create",
+        "service",
+        "nodeport",
+        "np",
+        "--tcp=80:8080",
+        "--node-port=30080",
+    ]);
+    let web = s.json(&["get", "svc", "web"]);
+    let ip = web["spec"]["clusterIP"].as_str().unwrap();
+    assert!(ip.starts_with("10.43.") && ip != "10.43.0.1", "{web}");
+    assert_eq!(web["spec"]["ports"][0]["targetPort"], 8080);
+    assert_eq!(web["spec"]["sessionAffinity"], "None");
+    assert_eq!(web["spec"]["ipFamilyPolicy"], "SingleStack");
+
+    let manifest = "apiVersion: v1
+kind: Service
+metadata:
+  name: api
+spec:
+  selector: {app: api}
+  ports:
+  - {name: http, port: 80, targetPort: 8080}
+  - {name: metrics, port: 9090}
+";
+    let path = s.write("svc.yaml", manifest);
+    assert_eq!(s.ok(&["apply", "-f", &path]).trim(), "service/api created");
+    s.write("svc.yaml", &manifest.replace("9090", "9091"));
+    assert_eq!(
+        s.ok(&["apply", "-f", &path]).trim(),
+        "service/api configured"
+    );
+    let api = s.json(&["get", "svc", "api"]);
+    let ports: Vec<i64> = api["spec"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["port"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ports, [80, 9091], "{api}");
+
+    let out = s.ok(&["get", "svc", "-o", "wide"]);
+    let header = out.lines().next().unwrap();
+    for col in [
+        "NAME",
+        "TYPE",
+        "CLUSTER-IP",
+        "EXTERNAL-IP",
+        "PORT(S)",
+        "AGE",
+        "SELECTOR",
+    ] {
+        assert!(header.contains(col), "{out}");
+    }
+    let np = out.lines().find(|l| l.starts_with("np ")).unwrap();
+    assert!(
+        np.contains("NodePort") && np.contains("80:30080/TCP"),
+        "{out}"
+    );
+    let err = s.fails(&[
+        "create",
+        "service",
+        "nodeport",
+        "np2",
+        "--tcp=80",
+        "--node-port=30080",
+    ]);
+    assert!(err.contains("provided port is already allocated"), "{err}");
+    let err = s.fails(&[
+        "patch",
+        "svc",
+        "web",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"clusterIP":"10.43.1.1"}}"#,
+    ]);
+    assert!(err.contains("may not change once set"), "{err}");
+    assert_eq!(
+        s.ok(&[
+            "get",
+            "svc",
+            "-n",
+            "kube-system",
+            "-l",
+            "kubernetes.io/cluster-service=true",
+            "-o",
+            "name"
+        ])
+        .trim(),
+        ""
+    );
+}
+
+const NODE: &str = "apiVersion: v1
+kind: Node
+metadata:
+  name: n1
+  labels: {kubernetes.io/hostname: n1}
+";
+
+/// What the issue asks of kubectl, in the order a new user tries it, on one store backend:
+/// cluster-info, nodes, apply twice, wide output, a watch seeing the change, describe with the
+/// scheduler's event, label/annotate/patch, explain, invalid manifests, delete.
+fn new_user_walkthrough(s: &Server) {
+    let info = s.ok(&["cluster-info"]);
+    assert!(
+        info.contains(&format!(
+            "Kubernetes control plane is running at https://127.0.0.1:{}",
+            s.port
+        )),
+        "{info}"
+    );
+
+    let node = s.write("node.yaml", NODE);
+    s.ok(&["create", "-f", &node]);
+    s.ok(&[
+        "patch",
+        "node",
+        "n1",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"conditions":[{"type":"Ready","status":"True","reason":"KubeletReady"}],"allocatable":{"cpu":"2","memory":"4Gi","pods":"110"},"capacity":{"cpu":"2","memory":"4Gi","pods":"110"},"addresses":[{"type":"InternalIP","address":"127.0.0.1"}]}}"#,
+    ]);
+    let nodes = s.ok(&["get", "nodes"]);
+    assert!(
+        nodes
+            .lines()
+            .any(|l| l.starts_with("n1 ") && l.contains(" Ready ")),
+        "{nodes}"
+    );
+
+    // A watch started before the pod exists.
+    let watch_out = s.dir.path().join("watch.out");
+    let mut watch = s
+        .command(&s.kubeconfig())
+        .args(["get", "pods", "-w", "--request-timeout=0"])
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&watch_out).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting kubectl get -w");
+
+    let manifest = s.write("web.yaml", POD);
+    let out = s.ok(&["apply", "-f", &manifest]);
+    assert!(out.contains("pod/web created"), "{out}");
+    eventually(s, "the scheduler binds web to n1", || {
+        s.json(&["get", "pod", "web"])["spec"]["nodeName"] == "n1"
+    });
+    let wide = s.ok(&["get", "pods", "-o", "wide"]);
+    let row = wide.lines().find(|l| l.starts_with("web ")).unwrap_or("");
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    assert!(
+        cells.get(2) == Some(&"Pending") && cells.get(6) == Some(&"n1"),
+        "{wide}"
+    );
+
+    let changed = s.write(
+        "web2.yaml",
+        &POD.replace("labels: {app: web}", "labels: {app: web, tier: front}")
+            .replace("busybox:1.36", "busybox:1.37"),
+    );
+    let out = s.ok(&["apply", "-f", &changed]);
+    assert!(out.contains("pod/web configured"), "{out}");
+    let pod = s.json(&["get", "pod", "web"]);
+    assert_eq!(pod["spec"]["containers"][0]["image"], "busybox:1.37");
+    assert_eq!(pod["metadata"]["labels"]["tier"], "front");
+    eventually(s, "the watch prints web's changes", || {
+        let text = std::fs::read_to_string(&watch_out).unwrap_or_default();
+        text.lines().filter(|l| l.starts_with("web ")).count() >= 3
+    });
+    let _ = watch.kill();
+    let _ = watch.wait();
+
+    let describe = s.ok(&["describe", "pod", "web"]);
+    assert!(
+        describe.contains("Node:") && describe.contains("n1"),
+        "{describe}"
+    );
+    assert!(
+        describe.contains("Events:")
+            && describe.contains("Scheduled")
+            && describe.contains("Successfully assigned default/web to n1"),
+        "{describe}"
+    );
+
+    s.ok(&["label", "pod", "web", "env=dev"]);
+    s.ok(&["annotate", "pod", "web", "note=hello"]);
+    s.ok(&[
+        "patch",
+        "pod",
+        "web",
+        "--type=strategic",
+        "-p",
+        r#"{"spec":{"activeDeadlineSeconds":600}}"#,
+    ]);
+    let pod = s.json(&["get", "pod", "web"]);
+    assert_eq!(pod["metadata"]["labels"]["env"], "dev");
+    assert_eq!(pod["metadata"]["annotations"]["note"], "hello");
+    assert_eq!(pod["spec"]["activeDeadlineSeconds"], 600);
+    let err = s.fails(&["label", "pod", "web", "env=prod"]);
+    assert!(err.contains("already has a value"), "{err}");
+
+    let explain = s.ok(&["explain", "pod.spec"]);
+    assert!(
+        explain.contains("containers") && explain.contains("FIELDS"),
+        "{explain}"
+    );
+
+    let unknown = s.write(
+        "unknown.yaml",
+        &POD.replace("name: web", "name: bad1")
+            .replace("spec:\n", "spec:\n  bogus: 1\n"),
+    );
+    let err = s.fails(&["apply", "-f", &unknown]);
+    assert!(
+        err.contains("unknown field") && err.contains("bogus"),
+        "{err}"
+    );
+    let no_containers = s.write(
+        "empty.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: bad2\nspec:\n  containers: []\n",
+    );
+    let err = s.fails(&["apply", "-f", &no_containers]);
+    assert!(
+        err.contains("spec.containers") && err.contains("Required"),
+        "{err}"
+    );
+    let bad_name = s.write("badname.yaml", &POD.replace("name: web", "name: Bad_Name"));
+    let err = s.fails(&["apply", "-f", &bad_name]);
+    assert!(
+        err.contains("Invalid value") && err.contains("Bad_Name"),
+        "{err}"
+    );
+    s.fails(&["get", "pod", "bad1"]);
+
+    // No agent runs here: force the deletion rather than wait for one to confirm it.
+    s.ok(&["delete", "pod", "web", "--grace-period=0", "--force"]);
+    let err = s.fails(&["get", "pod", "web"]);
+    assert!(
+        err.contains("NotFound") || err.contains("not found"),
+        "{err}"
+    );
+}
+
+#[test]
+fn new_user_walkthrough_embedded() {
+    let k = need_kubectl!();
+    let s = Server::start(k, "embedded");
+    new_user_walkthrough(&s);
+}
+
+#[test]
+fn new_user_walkthrough_etcd() {
+    let k = need_kubectl!();
+    let Some(etcd) = Etcd::start() else { return };
+    let s = Server::start(k, &format!("etcd://127.0.0.1:{}", etcd.port));
+    new_user_walkthrough(&s);
+}
+
+/// A 3-member etcd cluster on loopback, killed on drop.
+struct EtcdCluster {
+    members: Vec<Child>,
+    _dir: TempDir,
+    ports: Vec<u16>,
+}
+
+impl EtcdCluster {
+    fn start() -> Option<EtcdCluster> {
+        let bin = PathBuf::from("/usr/bin/etcd");
+        if !bin.exists() {
+            eprintln!(
+                "{} not found: skipping the etcd cluster suite",
+                bin.display()
+            );
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+        let cluster = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut members = Vec::new();
+        for (i, (client, peer)) in ports.iter().enumerate() {
+            let mut cmd = Command::new(&bin);
+            cmd.arg(format!("--name=m{i}"))
+                .arg(format!(
+                    "--data-dir={}",
+                    dir.path().join(format!("m{i}")).display()
+                ))
+                .arg(format!("--listen-client-urls=http://127.0.0.1:{client}"))
+                .arg(format!("--advertise-client-urls=http://127.0.0.1:{client}"))
+                .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer}"))
+                .arg(format!(
+                    "--initial-advertise-peer-urls=http://127.0.0.1:{peer}"
+                ))
+                .arg(format!("--initial-cluster={cluster}"))
+                .arg("--initial-cluster-state=new")
+                .arg("--initial-cluster-token=keelson-kubectl-test")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            members.push(spawn_tied(cmd).expect("starting etcd"));
+        }
+        let c = EtcdCluster {
+            members,
+            _dir: dir,
+            ports: ports.iter().map(|(c, _)| *c).collect(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for port in &c.ports {
+            while std::net::TcpStream::connect(("127.0.0.1", *port)).is_err() {
+                assert!(Instant::now() < deadline, "etcd cluster did not start");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        Some(c)
+    }
+
+    /// The store URL naming every member, the first one first after `rotate` steps.
+    fn url(&self, rotate: usize) -> String {
+        let mut ports = self.ports.clone();
+        ports.rotate_left(rotate);
+        let eps: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        format!("etcd://{}", eps.join(","))
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for m in &mut self.members {
+            let _ = m.kill();
+            let _ = m.wait();
+        }
+    }
+}
+
+/// Two keelson-server replicas on a 3-member etcd: what one writes the other serves and
+/// watches, one scheduler leads, and after the leader is SIGKILLed the other schedules.
+#[test]
+fn two_replicas_on_a_three_member_etcd() {
+    let k = need_kubectl!();
+    let Some(etcd) = EtcdCluster::start() else {
+        return;
+    };
+    let mut a = Server::start(k.clone(), &etcd.url(0));
+    let mut b = Server::start_with_pki(k, &etcd.url(1), Some(&a));
+
+    a.ok(&["create", "configmap", "shared", "--from-literal=k=1"]);
+    assert_eq!(b.json(&["get", "cm", "shared"])["data"]["k"], "1");
+    let watch_out = b.dir.path().join("watch.out");
+    let mut watch = b
+        .command(&b.kubeconfig())
+        .args([
+            "get",
+            "cm",
+            "shared",
+            "-w",
+            "-o",
+            "jsonpath={.data.k}{\"\\n\"}",
+            "--request-timeout=0",
+        ])
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&watch_out).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting kubectl get -w");
+    std::thread::sleep(Duration::from_millis(500));
+    a.ok(&[
+        "patch",
+        "cm",
+        "shared",
+        "--type=merge",
+        "-p",
+        r#"{"data":{"k":"2"}}"#,
+    ]);
+    eventually(&b, "replica b's watch sees replica a's write", || {
+        std::fs::read_to_string(&watch_out)
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l == "2")
+    });
+    let _ = watch.kill();
+    let _ = watch.wait();
+
+    let node = a.write("node.yaml", NODE);
+    a.ok(&["create", "-f", &node]);
+    a.ok(&[
+        "patch",
+        "node",
+        "n1",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"conditions":[{"type":"Ready","status":"True"}],"allocatable":{"cpu":"2","memory":"4Gi","pods":"110"}}}"#,
+    ]);
+    let holder = |s: &Server| -> String {
+        let out = s.kubectl(&[
+            "get",
+            "lease",
+            "keelson-scheduler",
+            "-n",
+            "kube-system",
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ]);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let mut leader = String::new();
+    eventually(&a, "one replica holds the scheduler lease", || {
+        leader = holder(&a);
+        !leader.is_empty()
+    });
+    let a_leads = a.log().contains(&leader);
+    assert_ne!(
+        a_leads,
+        b.log().contains(&leader),
+        "exactly one replica logs {leader}"
+    );
+
+    let manifest = a.write("web.yaml", POD);
+    a.ok(&["apply", "-f", &manifest]);
+    eventually(&b, "the leader binds web", || {
+        b.json(&["get", "pod", "web"])["spec"]["nodeName"] == "n1"
+    });
+
+    // SIGKILL the leader; the survivor takes the lease over and schedules the next pod.
+    let (dead, alive) = if a_leads {
+        (&mut a, &mut b)
+    } else {
+        (&mut b, &mut a)
+    };
+    if let Some(mut c) = dead.child.take() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    let second = alive.write("web2.yaml", &POD.replace("name: web", "name: web2"));
+    alive.ok(&["apply", "-f", &second]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if alive.json(&["get", "pod", "web2"])["spec"]["nodeName"] == "n1" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the surviving replica never scheduled web2\n{}",
+            alive.log()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let new_holder = holder(alive);
+    assert!(
+        !new_holder.is_empty() && new_holder != leader,
+        "lease holder {new_holder:?} after {leader:?} died"
+    );
+    assert!(alive.log().contains(&new_holder));
+}
+
+/// SIGKILL while kubectl writes, on one backend: after a restart every acknowledged write is
+/// there, and a watch from a resourceVersion taken before the kill resumes with every write
+/// after it, in order.
+fn sigkill_during_writes(s: &mut Server) {
+    s.ok(&["create", "configmap", "c0", "--from-literal=i=0"]);
+    let from: i64 = s
+        .ok(&[
+            "get",
+            "cm",
+            "c0",
+            "-o",
+            "jsonpath={.metadata.resourceVersion}",
+        ])
+        .trim()
+        .parse()
+        .expect("numeric resourceVersion");
+    let kubeconfig = s.kubeconfig();
+    let writer = {
+        let (home, kubectl) = (s.dir.path().join("home"), s.kubectl.clone());
+        std::thread::spawn(move || {
+            let mut acked = Vec::new();
+            for i in 1..200 {
+                let out = Command::new(&kubectl)
+                    .env("HOME", &home)
+                    .env("KUBECONFIG", &kubeconfig)
+                    .args(["--request-timeout=5s", "create", "configmap"])
+                    .arg(format!("c{i}"))
+                    .arg(format!("--from-literal=i={i}"))
+                    .stdin(Stdio::null())
+                    .output()
+                    .expect("running kubectl");
+                if !out.status.success() {
+                    break;
+                }
+                acked.push(i);
+            }
+            acked
+        })
+    };
+    std::thread::sleep(Duration::from_millis(1500));
+    if let Some(mut c) = s.child.take() {
+        c.kill().unwrap(); // SIGKILL
+        c.wait().unwrap();
+    }
+    let acked = writer.join().unwrap();
+    assert!(
+        acked.len() >= 3,
+        "only {} writes before the kill",
+        acked.len()
+    );
+    s.spawn();
+    let names = s.ok(&["get", "cm", "-o", "name"]);
+    for i in &acked {
+        assert!(
+            names.lines().any(|l| l == format!("configmap/c{i}")),
+            "acknowledged configmap c{i} lost after SIGKILL:\n{names}"
+        );
+    }
+    let events = s.ok(&[
+        "get",
+        "--raw",
+        &format!(
+            "/api/v1/namespaces/default/configmaps?watch=1&resourceVersion={from}&timeoutSeconds=2"
+        ),
+    ]);
+    let seen: Vec<(String, i64)> = events
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["type"] == "ADDED")
+        .map(|e| {
+            (
+                e["object"]["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                e["object"]["metadata"]["resourceVersion"]
+                    .as_str()
+                    .and_then(|r| r.parse().ok())
+                    .unwrap_or(0),
+            )
+        })
+        .collect();
+    assert!(
+        seen.windows(2).all(|w| w[0].1 < w[1].1),
+        "out of order: {seen:?}"
+    );
+    assert!(seen.iter().all(|(_, rv)| *rv > from), "{seen:?}");
+    for i in &acked {
+        assert!(
+            seen.iter().any(|(n, _)| *n == format!("c{i}")),
+            "the resumed watch missed c{i}: {seen:?}"
+        );
+    }
+}
+
+#[test]
+fn sigkill_during_writes_embedded() {
+    let k = need_kubectl!();
+    let mut s = Server::start(k, "embedded");
+    sigkill_during_writes(&mut s);
+}
+
+#[test]
+fn sigkill_during_writes_etcd() {
+    let k = need_kubectl!();
+    let Some(etcd) = Etcd::start() else { return };
+    let mut s = Server::start(k, &format!("etcd://127.0.0.1:{}", etcd.port));
+    sigkill_during_writes(&mut s);
 }

@@ -4,10 +4,16 @@
 //! Objects are stored as JSON without `metadata.resourceVersion`; every read sets it from
 //! the key's mod revision, so resourceVersion is always the store revision of the last write.
 
+mod apply;
 pub mod auth;
+pub mod authz;
+pub mod events;
+pub mod gc;
 pub mod object;
 pub mod openapi;
 pub mod proto;
+pub mod proxy;
+mod raw;
 pub mod resources;
 pub mod selector;
 pub mod smp;
@@ -61,6 +67,8 @@ pub struct ApiServer {
     store: Arc<dyn Store>,
     tokens: Tokens,
     server_address: String,
+    /// How pod logs/exec/attach/portforward and nodes/proxy reach node agents.
+    kubelet: std::sync::OnceLock<proxy::KubeletClient>,
 }
 
 /// Which objects a request is about.
@@ -106,6 +114,14 @@ pub fn error_response(e: &ApiError) -> Response<Body> {
         StatusCode::from_u16(e.code()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
         &e.to_status(),
     )
+}
+
+/// A JSON body that is already serialized.
+fn bytes_response(body: Bytes) -> Response<Body> {
+    let mut r = Response::new(Full::new(body).boxed_unsync());
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
 }
 
 fn text_response(s: &'static str) -> Response<Body> {
@@ -165,6 +181,24 @@ fn to_object(kv: &KeyValue) -> Result<Value, ApiError> {
     Ok(v)
 }
 
+/// A stored value as clients of `res` see it: [`to_object`], then converted to the resource's
+/// version when it is stored in another (`events.k8s.io/v1` Events are core Events).
+fn to_object_as(res: &Resource, kv: &KeyValue) -> Result<Value, ApiError> {
+    let obj = to_object(kv)?;
+    match res.kind {
+        Kind::EventV1 => events::core_to_v1(&obj),
+        _ => Ok(obj),
+    }
+}
+
+/// The value to store for an object of `res`, in the storage version.
+fn to_stored_as(res: &Resource, obj: &Value) -> Result<Bytes, ApiError> {
+    match res.kind {
+        Kind::EventV1 => Ok(to_stored(&events::v1_to_core(obj)?)),
+        _ => Ok(to_stored(obj)),
+    }
+}
+
 /// The value to store: everything but resourceVersion.
 fn to_stored(obj: &Value) -> Bytes {
     let mut v = obj.clone();
@@ -212,6 +246,10 @@ impl Filter {
         Ok(Filter { labels, fields })
     }
 
+    fn is_empty(&self) -> bool {
+        self.labels.is_empty() && self.fields.is_empty()
+    }
+
     fn matches(&self, obj: &Value) -> bool {
         self.labels.matches(&object::labels(obj)) && self.fields.matches(obj)
     }
@@ -227,11 +265,14 @@ impl ApiServer {
             store,
             tokens,
             server_address,
+            kubelet: std::sync::OnceLock::new(),
         }
     }
 
-    /// Creates the namespaces every cluster has, if missing.
+    /// Creates the namespaces every cluster has and the `default/kubernetes` Service, if
+    /// missing, and builds the OpenAPI documents.
     pub async fn bootstrap(&self) -> Result<(), ApiError> {
+        openapi::warm();
         let res = Resource::find("", "v1", "namespaces").expect("namespaces are served");
         for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
             let body = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
@@ -245,6 +286,28 @@ impl ApiServer {
                 Ok(_) | Err(ApiError::AlreadyExists { .. }) => {}
                 Err(e) => return Err(e),
             }
+        }
+        // The API server's own Service, as in every cluster: the first address of the
+        // service CIDR, port 443 to the server's port.
+        let port: u16 = self
+            .server_address
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse().ok())
+            .unwrap_or(6443);
+        let body = json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "kubernetes", "namespace": "default",
+                "labels": {"component": "apiserver", "provider": "kubernetes"}},
+            "spec": {"type": "ClusterIP", "clusterIP": object::KUBERNETES_SERVICE_IP.to_string(),
+                "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": port}]}});
+        let target = Target {
+            res: Resource::find("", "v1", "services").expect("services are served"),
+            namespace: Some("default".into()),
+            name: None,
+            sub: None,
+        };
+        match self.create(&target, &HashMap::new(), body).await {
+            Ok(_) | Err(ApiError::AlreadyExists { .. }) => {}
+            Err(e) => return Err(e),
         }
         Ok(())
     }
@@ -282,22 +345,21 @@ impl ApiServer {
             || ["/healthz", "/readyz", "/livez"]
                 .iter()
                 .any(|p| path == *p || path.starts_with(&format!("{p}/")));
-        let user = cert_user.or_else(|| {
-            req.headers()
-                .get(AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| self.tokens.authenticate(v))
-        });
         if public {
             if path == "/version" {
                 return Ok(json_response(StatusCode::OK, &version()));
             }
             return Ok(text_response("ok"));
         }
-        // Node users are authorized like the admin for now (node restrictions come later).
-        if user.is_none() {
+        let authorization = req
+            .headers()
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        // Discovery is open to every authenticated user; everything else is authorized
+        // per request (authz.rs).
+        let Some(user) = self.authenticate(cert_user, authorization).await? else {
             return Err(ApiError::Unauthorized);
-        }
+        };
         let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
         let get = req.method() == Method::GET;
         match segs.as_slice() {
@@ -316,18 +378,21 @@ impl ApiServer {
             ["apis", g, v] if get => resources::resource_list(g, v)
                 .map(|v| json_response(StatusCode::OK, &v))
                 .ok_or(ApiError::NoRoute),
+            ["api", "v1", "nodes", name, "proxy", ..] => self.proxy_node(&user, name, req).await,
             ["api", "v1", rest @ ..] => {
                 let t = parse_target("", "v1", rest)?;
-                self.serve(t, req).await
+                self.authorize_and_serve(&user, t, req).await
             }
             ["apis", g, v, rest @ ..] => {
                 let t = parse_target(g, v, rest)?;
-                self.serve(t, req).await
+                self.authorize_and_serve(&user, t, req).await
             }
+            ["openapi", "v2"] if get => Ok(openapi::serve_v2(req.headers())),
             ["openapi", "v3"] if get => Ok(json_response(StatusCode::OK, &openapi::root())),
-            ["openapi", "v3", rest @ ..] if get => openapi::document(&rest.join("/"))
-                .map(|v| json_response(StatusCode::OK, &v))
-                .ok_or(ApiError::NoRoute),
+            ["openapi", "v3", rest @ ..] if get => {
+                openapi::serve_v3(&rest.join("/"), req.headers(), req.uri().query())
+                    .ok_or(ApiError::NoRoute)
+            }
             ["api" | "apis", ..] => Err(ApiError::MethodNotAllowed),
             _ => Err(ApiError::NoRoute),
         }
@@ -377,19 +442,11 @@ impl ApiServer {
             && t.res.kind == Kind::Pod
             && matches!(sub, "log" | "exec" | "attach" | "portforward")
         {
-            let (_, pod) = self.current(&t).await?;
-            return Err(match pod["spec"]["nodeName"].as_str() {
-                Some(node) if !node.is_empty() => ApiError::Unavailable(format!(
-                    "pod {:?}: the agent of node {node:?} cannot be reached for {sub} (proxying to node agents is not served yet)",
-                    t.name()
-                )),
-                _ => {
-                    ApiError::BadRequest(format!("pod {} does not have a host assigned", t.name()))
-                }
-            });
+            return self.proxy_pod(&t, req).await;
         }
         if let Some(sub) = &t.sub
             && !(sub == "status" && t.res.status)
+            && !(sub == "finalize" && t.res.kind == Kind::Namespace && method == Method::PUT)
         {
             return Err(ApiError::NoRoute);
         }
@@ -409,13 +466,7 @@ impl ApiServer {
                     )
                     .await
                 }
-                Method::GET => {
-                    let list = self.list(&t, &q).await?;
-                    Ok(json_response(
-                        StatusCode::OK,
-                        &list.render(t.res, as_table, include),
-                    ))
-                }
+                Method::GET => self.list_response(&t, &q, as_table, include).await,
                 Method::POST => {
                     let body = read_body(req).await?;
                     let body = body_json(t.res, &content_type, &body)?;
@@ -451,7 +502,7 @@ impl ApiServer {
                     .await
                     .map_err(|e| t.store_err(e))?
                     .ok_or_else(|| t.not_found())?;
-                let obj = to_object(&kv)?;
+                let obj = to_object_as(t.res, &kv)?;
                 if as_table {
                     let rv = kv.mod_revision.to_string();
                     return Ok(json_response(
@@ -476,6 +527,16 @@ impl ApiServer {
                     json_response(StatusCode::OK, &obj),
                     &warnings,
                 ))
+            }
+            Method::PATCH if apply::is_apply(&content_type) => {
+                let body = read_body(req).await?;
+                let (obj, warnings, created) = self.apply(&t, &q, &body).await?;
+                let code = if created {
+                    StatusCode::CREATED
+                } else {
+                    StatusCode::OK
+                };
+                Ok(with_warnings(json_response(code, &obj), &warnings))
             }
             Method::PATCH => {
                 let body = read_body(req).await?;
@@ -503,6 +564,80 @@ impl ApiServer {
 
     async fn list(&self, t: &Target, q: &HashMap<String, String>) -> Result<ListPage, ApiError> {
         let filter = Filter::from_query(t.res, q)?;
+        self.list_items(t, q, |kv| {
+            let obj = to_object_as(t.res, kv)?;
+            Ok(filter.matches(&obj).then_some(obj))
+        })
+        .await
+    }
+
+    /// `GET` on a collection. Objects go from their stored bytes to the response without
+    /// becoming JSON trees unless a selector or a Table needs their fields.
+    async fn list_response(
+        &self,
+        t: &Target,
+        q: &HashMap<String, String>,
+        as_table: bool,
+        include: IncludeObject,
+    ) -> Result<Response<Body>, ApiError> {
+        let filter = Filter::from_query(t.res, q)?;
+        let page = self
+            .list_items(t, q, |kv| {
+                if t.res.kind == Kind::EventV1 {
+                    // Stored in another version: converted, not passed through.
+                    let obj = to_object_as(t.res, kv)?;
+                    return Ok(filter.matches(&obj).then(|| obj.to_string().into_bytes()));
+                }
+                if !filter.is_empty() && !filter.matches(&to_object(kv)?) {
+                    return Ok(None);
+                }
+                raw::with_resource_version(&kv.value, kv.mod_revision)
+                    .map(Some)
+                    .map_err(|e| {
+                        ApiError::Internal(format!("stored object {} is corrupt: {e}", kv.key))
+                    })
+            })
+            .await?;
+        let mut meta = json!({"resourceVersion": page.revision.to_string()});
+        if let Some(c) = &page.continue_token {
+            meta["continue"] = json!(c);
+        }
+        if as_table {
+            // One tree at a time: each object becomes its row's bytes before the next is read.
+            let now = now_secs();
+            let rows = page
+                .items
+                .iter()
+                .map(|b| {
+                    let obj: Value = serde_json::from_slice(b).map_err(|e| {
+                        ApiError::Internal(format!("listed object is not json: {e}"))
+                    })?;
+                    Ok(
+                        serde_json::to_vec(&table::row(t.res.kind, &obj, include, now))
+                            .expect("a row serializes"),
+                    )
+                })
+                .collect::<Result<Vec<Vec<u8>>, ApiError>>()?;
+            let body = raw::table_body(&Value::Array(table::columns(t.res.kind)), &meta, &rows);
+            return Ok(bytes_response(body));
+        }
+        let body = raw::list_body(
+            &t.res.api_version(),
+            &format!("{}List", t.res.kind_name),
+            &meta,
+            &page.items,
+        );
+        Ok(bytes_response(body))
+    }
+
+    /// The paging loop of a list: `make` turns each stored object into an item, or None when
+    /// the request's selectors exclude it.
+    async fn list_items<T>(
+        &self,
+        t: &Target,
+        q: &HashMap<String, String>,
+        mut make: impl FnMut(&KeyValue) -> Result<Option<T>, ApiError>,
+    ) -> Result<ListPage<T>, ApiError> {
         let prefix = t.res.prefix(t.namespace.as_deref());
         let limit: usize = match q.get("limit").map(String::as_str) {
             None | Some("") => 0,
@@ -524,11 +659,10 @@ impl ApiServer {
                 .map_err(|e| ApiError::from_store(e, &t.res.qualified(), ""))?;
             let n = page.items.len();
             for (i, kv) in page.items.iter().enumerate() {
-                let obj = to_object(kv)?;
-                if !filter.matches(&obj) {
+                let Some(item) = make(kv)? else {
                     continue;
-                }
-                items.push(obj);
+                };
+                items.push(item);
                 if limit > 0 && items.len() == limit && (i + 1 < n || page.more) {
                     return Ok(ListPage {
                         items,
@@ -553,10 +687,22 @@ impl ApiServer {
         }
     }
 
-    async fn namespace_exists(&self, ns: &str) -> Result<(), ApiError> {
-        let res = Resource::find("", "v1", "namespaces").expect("namespaces are served");
-        match self.store.get(&res.key(None, ns)).await {
-            Ok(Some(_)) => Ok(()),
+    /// Checks that namespace `ns` exists and accepts new content (is not terminating).
+    async fn namespace_exists(&self, res: &Resource, name: &str, ns: &str) -> Result<(), ApiError> {
+        let nres = Resource::find("", "v1", "namespaces").expect("namespaces are served");
+        match self.store.get(&nres.key(None, ns)).await {
+            Ok(Some(kv)) => {
+                let obj = to_object(&kv)?;
+                if obj["metadata"].get("deletionTimestamp").is_some()
+                    || obj["status"]["phase"] == "Terminating"
+                {
+                    return Err(ApiError::Forbidden(format!(
+                        "{} {name:?} is forbidden: unable to create new content in namespace {ns} because it is being terminated",
+                        res.qualified()
+                    )));
+                }
+                Ok(())
+            }
             Ok(None) => Err(ApiError::NotFound {
                 resource: "namespaces".into(),
                 name: ns.into(),
@@ -571,9 +717,23 @@ impl ApiServer {
         q: &HashMap<String, String>,
         body: Value,
     ) -> Result<(Value, Vec<String>), ApiError> {
+        self.create_managed(t, q, body, None).await
+    }
+
+    /// Creates an object; `managed` is the `managedFields` to store with it (server-side
+    /// apply), otherwise none is kept.
+    async fn create_managed(
+        &self,
+        t: &Target,
+        q: &HashMap<String, String>,
+        body: Value,
+        managed: Option<Value>,
+    ) -> Result<(Value, Vec<String>), ApiError> {
         let res = t.res;
         let fv = FieldValidation::parse(q.get("fieldValidation").map(String::as_str))?;
-        let (mut obj, warnings) = object::decode(res, body, fv)?;
+        let dry_run = dry_run(q, None)?;
+        field_manager(q)?;
+        let (mut obj, mut warnings) = object::decode(res, body, fv)?;
         if res.namespaced {
             let ns = t.namespace.clone().unwrap_or_default();
             match meta_str(&obj, "namespace") {
@@ -604,10 +764,16 @@ impl ApiServer {
             m.insert("uid".into(), json!(object::new_uid()));
             m.insert("creationTimestamp".into(), json!(object::now_rfc3339()));
             m.insert("generation".into(), json!(1));
+            if let Some(mf) = managed {
+                m.insert("managedFields".into(), mf);
+            }
         }
         object::default_on_create(res, &mut obj);
         object::fold_string_data(res, &mut obj);
-        let dry_run = q.get("dryRun").is_some_and(|d| d == "All");
+        if res.kind == Kind::Service {
+            object::allocate_service_from_store(self.store.as_ref(), res, &mut obj).await?;
+        }
+        warnings.extend(object::meta_warnings(&obj));
         for attempt in 0..5 {
             if !named && let Some(g) = &generate {
                 meta_mut(&mut obj).insert(
@@ -625,14 +791,14 @@ impl ApiServer {
                 });
             }
             if res.namespaced {
-                self.namespace_exists(t.namespace.as_deref().unwrap_or_default())
+                self.namespace_exists(res, &name, t.namespace.as_deref().unwrap_or_default())
                     .await?;
             }
             if dry_run {
                 return Ok((obj, warnings));
             }
             let key = res.key(t.namespace.as_deref(), &name);
-            match self.store.create(&key, to_stored(&obj)).await {
+            match self.store.create(&key, to_stored_as(res, &obj)?).await {
                 Ok(rev) => {
                     meta_mut(&mut obj).insert("resourceVersion".into(), json!(rev.to_string()));
                     return Ok((obj, warnings));
@@ -653,7 +819,7 @@ impl ApiServer {
         fv: FieldValidation,
     ) -> Result<(Value, Vec<String>), ApiError> {
         let res = t.res;
-        let (mut new, warnings) = object::decode(res, new, fv)?;
+        let (mut new, mut warnings) = object::decode(res, new, fv)?;
         let name = meta_str(&new, "name").unwrap_or_default();
         if name != t.name() {
             return Err(ApiError::BadRequest(format!(
@@ -679,16 +845,54 @@ impl ApiServer {
                 name: t.name().into(),
             });
         }
-        if t.sub.as_deref() == Some("status") {
-            let mut merged = cur.clone();
-            merged["status"] = new.get("status").cloned().unwrap_or(Value::Null);
-            new = merged;
-        } else if res.status {
-            // The main resource cannot change status (the /status subresource does).
-            new["status"] = cur.get("status").cloned().unwrap_or(Value::Null);
+        let mut meta_causes = Vec::new();
+        if let Some(uid) = meta_str(&new, "uid")
+            && !uid.is_empty()
+            && Some(uid) != meta_str(cur, "uid")
+        {
+            meta_causes.push(Cause::invalid("metadata.uid", uid, "field is immutable"));
+        }
+        if cur["metadata"].get("deletionTimestamp").is_some() {
+            let old = gc::finalizers(cur);
+            if gc::finalizers(&new).iter().any(|f| !old.contains(f)) {
+                meta_causes.push(Cause::forbidden(
+                    "metadata.finalizers",
+                    "no new finalizers can be added if the object is being deleted",
+                ));
+            }
+        }
+        match t.sub.as_deref() {
+            Some("status") => {
+                let mut merged = cur.clone();
+                merged["status"] = new.get("status").cloned().unwrap_or(Value::Null);
+                new = merged;
+            }
+            Some("finalize") => {
+                // A namespace's finalize subresource changes `spec.finalizers` only.
+                let mut merged = cur.clone();
+                merged["spec"]["finalizers"] = new["spec"]["finalizers"].clone();
+                if merged["spec"]["finalizers"].is_null() {
+                    merged["spec"]["finalizers"] = json!([]);
+                }
+                new = merged;
+            }
+            _ => {
+                if res.status {
+                    // The main resource cannot change status (the /status subresource does).
+                    new["status"] = cur.get("status").cloned().unwrap_or(Value::Null);
+                }
+                if res.kind == Kind::Namespace {
+                    // Nor a namespace's finalizers (its finalize subresource does).
+                    new["spec"] = cur.get("spec").cloned().unwrap_or(Value::Null);
+                }
+            }
         }
         object::default_on_create(res, &mut new);
+        object::keep_service_allocations(res, cur, &mut new);
         object::fold_string_data(res, &mut new);
+        // Generation counts changes of the spec (of everything but metadata and status for
+        // kinds without one).
+        let has_spec = cur.get("spec").is_some() || new.get("spec").is_some();
         let strip = |v: &Value| {
             let mut v = v.clone();
             if let Some(m) = v.as_object_mut() {
@@ -697,7 +901,11 @@ impl ApiServer {
             }
             v
         };
-        let changed = strip(cur) != strip(&new);
+        let changed = if has_spec {
+            cur.get("spec") != new.get("spec")
+        } else {
+            strip(cur) != strip(&new)
+        };
         let generation = cur["metadata"]["generation"].as_i64().unwrap_or(1);
         {
             let m = meta_mut(&mut new);
@@ -707,6 +915,7 @@ impl ApiServer {
                 "namespace",
                 "deletionTimestamp",
                 "deletionGracePeriodSeconds",
+                "managedFields",
             ] {
                 match cur["metadata"].get(k) {
                     Some(v) => m.insert(k.into(), v.clone()),
@@ -717,10 +926,11 @@ impl ApiServer {
                 "generation".into(),
                 json!(if changed { generation + 1 } else { generation }),
             );
-            m.remove("managedFields");
             m.remove("selfLink");
         }
-        let mut causes = object::validate(res, &new);
+        warnings.extend(object::meta_warnings(&new));
+        let mut causes = meta_causes;
+        causes.extend(object::validate(res, &new));
         if t.sub.is_none() {
             causes.extend(object::validate_update(res, cur, &new));
         }
@@ -741,28 +951,18 @@ impl ApiServer {
             .await
             .map_err(|e| t.store_err(e))?
             .ok_or_else(|| t.not_found())?;
-        let obj = to_object(&kv)?;
+        let obj = to_object_as(t.res, &kv)?;
         Ok((kv, obj))
     }
 
     async fn write(&self, t: &Target, kv: &KeyValue, mut obj: Value) -> Result<Value, ApiError> {
         let rev = self
             .store
-            .update(&t.key(), to_stored(&obj), Some(kv.mod_revision))
+            .update(&t.key(), to_stored_as(t.res, &obj)?, Some(kv.mod_revision))
             .await
             .map_err(|e| t.store_err(e))?;
         meta_mut(&mut obj).insert("resourceVersion".into(), json!(rev.to_string()));
-        // Deletion waited for finalizers (and a pod's grace period): once none is left, the
-        // object goes.
-        let finalized = obj["metadata"].get("deletionTimestamp").is_some()
-            && obj["metadata"]["finalizers"]
-                .as_array()
-                .is_none_or(Vec::is_empty)
-            && obj["metadata"]["deletionGracePeriodSeconds"]
-                .as_i64()
-                .unwrap_or(0)
-                == 0;
-        if finalized {
+        if is_finalized(t.res, &obj) {
             match self.store.delete(&t.key(), Some(rev)).await {
                 Ok(_) | Err(StoreError::NotFound { .. } | StoreError::Conflict { .. }) => {}
                 Err(e) => return Err(t.store_err(e)),
@@ -778,8 +978,13 @@ impl ApiServer {
         new: Value,
     ) -> Result<(Value, Vec<String>), ApiError> {
         let fv = FieldValidation::parse(q.get("fieldValidation").map(String::as_str))?;
+        let dry_run = dry_run(q, None)?;
+        field_manager(q)?;
         let (kv, cur) = self.current(t).await?;
         let (obj, warnings) = self.prepare_update(t, &cur, new, fv)?;
+        if dry_run {
+            return Ok((obj, warnings));
+        }
         Ok((self.write(t, &kv, obj).await?, warnings))
     }
 
@@ -791,6 +996,18 @@ impl ApiServer {
         body: &[u8],
     ) -> Result<(Value, Vec<String>), ApiError> {
         let fv = FieldValidation::parse(q.get("fieldValidation").map(String::as_str))?;
+        let dry_run = dry_run(q, None)?;
+        field_manager(q)?;
+        if q.contains_key("force") {
+            return Err(ApiError::Invalid {
+                kind: "PatchOptions.meta.k8s.io".into(),
+                name: String::new(),
+                causes: vec![Cause::forbidden(
+                    "force",
+                    "may not be specified for non-apply patch",
+                )],
+            });
+        }
         let media = content_type.split(';').next().unwrap_or_default().trim();
         let patch: Value = parse_json(body)?;
         for attempt in 0.. {
@@ -817,11 +1034,14 @@ impl ApiServer {
                 }
                 other => {
                     return Err(ApiError::UnsupportedMediaType(format!(
-                        "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json (not {other:?}; server-side apply is not served yet)"
+                        "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json (not {other:?})"
                     )));
                 }
             }
             let (obj, warnings) = self.prepare_update(t, &cur, doc, fv)?;
+            if dry_run {
+                return Ok((obj, warnings));
+            }
             match self.write(t, &kv, obj).await {
                 Err(ApiError::Conflict { .. }) if attempt < 5 => continue,
                 r => return r.map(|o| (o, warnings)),
@@ -830,12 +1050,23 @@ impl ApiServer {
         unreachable!("the patch loop returns")
     }
 
+    /// Deletes one object: at once, or by setting its deletion timestamp when finalizers (a
+    /// propagation policy's among them), a pod's grace period or a namespace's contents hold
+    /// it. With `dryRun=All` nothing is written and the would-be result is returned.
     async fn delete(
         &self,
         t: &Target,
         q: &HashMap<String, String>,
         opts: &Value,
     ) -> Result<Value, ApiError> {
+        let dry_run = dry_run(q, Some(opts))?;
+        let policy = gc::propagation(opts, q)?;
+        if t.res.kind == Kind::Namespace && gc::IMMORTAL_NAMESPACES.contains(&t.name()) {
+            return Err(ApiError::Forbidden(format!(
+                "namespaces {:?} is forbidden: this namespace may not be deleted",
+                t.name()
+            )));
+        }
         let (kv, cur) = self.current(t).await?;
         let pre = &opts["preconditions"];
         let conflict = || ApiError::Conflict {
@@ -856,9 +1087,15 @@ impl ApiServer {
             q.get("gracePeriodSeconds")
                 .and_then(|g| g.parse::<i64>().ok())
         });
-        let has_finalizers = cur["metadata"]["finalizers"]
-            .as_array()
-            .is_some_and(|f| !f.is_empty());
+        let old_finalizers = gc::finalizers(&cur);
+        let new_finalizers = gc::finalizers_on_delete(&old_finalizers, policy);
+        // Namespaces stored before they carried the `kubernetes` finalizer get it now.
+        let legacy_namespace = t.res.kind == Kind::Namespace && cur["spec"]["finalizers"].is_null();
+        let namespace_held = legacy_namespace
+            || (t.res.kind == Kind::Namespace
+                && cur["spec"]["finalizers"]
+                    .as_array()
+                    .is_some_and(|f| !f.is_empty()));
         // A pod bound to a node terminates gracefully: its node's agent stops it and then
         // deletes it with a grace period of 0.
         let bound = t.res.kind == Kind::Pod
@@ -877,8 +1114,16 @@ impl ApiServer {
         } else {
             0
         };
-        if has_finalizers || pod_grace > 0 {
+        let held = !new_finalizers.is_empty() || namespace_held;
+        if held || pod_grace > 0 {
             let mut obj = cur.clone();
+            let finalizers_changed = {
+                let mut a = old_finalizers.clone();
+                let mut b = new_finalizers.clone();
+                a.sort();
+                b.sort();
+                a != b
+            };
             let m = meta_mut(&mut obj);
             let already = m.contains_key("deletionTimestamp");
             let current_grace = m
@@ -890,20 +1135,41 @@ impl ApiServer {
             } else {
                 pod_grace
             };
-            if already && new_grace == current_grace {
+            if already && new_grace == current_grace && !finalizers_changed {
                 return Ok(cur);
             }
-            if has_finalizers || new_grace > 0 {
+            if held || new_grace > 0 {
                 let at = object::unix_now() + new_grace;
                 if !already || new_grace < current_grace {
                     m.insert("deletionTimestamp".into(), json!(object::rfc3339(at)));
                 }
                 m.insert("deletionGracePeriodSeconds".into(), json!(new_grace));
-                return self.write(t, &kv, obj).await;
+                if !already && let Some(g) = m.get("generation").and_then(Value::as_i64) {
+                    m.insert("generation".into(), json!(g + 1));
+                }
+                gc::set_finalizers(&mut obj, new_finalizers);
+                if t.res.kind == Kind::Namespace {
+                    obj["status"]["phase"] = json!("Terminating");
+                    if legacy_namespace {
+                        obj["spec"]["finalizers"] = json!([gc::NAMESPACE_FINALIZER]);
+                    }
+                }
+                if dry_run {
+                    return Ok(obj);
+                }
+                let out = self.write(t, &kv, obj).await?;
+                if namespace_held && !already {
+                    // Most namespaces empty at once; what stays (terminating pods, finalizers)
+                    // is finished by the garbage collector's sweeps.
+                    if let Err(e) = self.finalize_namespace(t.name()).await {
+                        tracing::warn!(namespace = t.name(), error = %e, "finalizing namespace");
+                    }
+                }
+                return Ok(out);
             }
         }
-        if t.res.kind == Kind::Namespace {
-            self.delete_contents(t.name()).await?;
+        if dry_run {
+            return Ok(cur);
         }
         self.store
             .delete(&t.key(), Some(kv.mod_revision))
@@ -919,6 +1185,8 @@ impl ApiServer {
         q: &HashMap<String, String>,
         opts: &Value,
     ) -> Result<ListPage, ApiError> {
+        dry_run(q, Some(opts))?;
+        gc::propagation(opts, q)?;
         let mut lq = q.clone();
         lq.remove("limit");
         lq.remove("continue");
@@ -991,35 +1259,11 @@ impl ApiServer {
         }
         unreachable!("the bind loop returns")
     }
-
-    /// Deletes every object in namespace `ns` (before the namespace itself goes).
-    async fn delete_contents(&self, ns: &str) -> Result<(), ApiError> {
-        for r in RESOURCES.iter().filter(|r| r.namespaced) {
-            let prefix = r.prefix(Some(ns));
-            loop {
-                let page = self
-                    .store
-                    .list(&prefix, 500, None)
-                    .await
-                    .map_err(|e| ApiError::from_store(e, &r.qualified(), ""))?;
-                for kv in &page.items {
-                    match self.store.delete(&kv.key, None).await {
-                        Ok(_) | Err(StoreError::NotFound { .. }) => {}
-                        Err(e) => return Err(ApiError::from_store(e, &r.qualified(), &kv.key)),
-                    }
-                }
-                if !page.more {
-                    break;
-                }
-            }
-        }
-        Ok(())
-    }
 }
 
 /// One page of a list, before rendering.
-struct ListPage {
-    items: Vec<Value>,
+struct ListPage<T = Value> {
+    items: Vec<T>,
     revision: i64,
     continue_token: Option<String>,
 }
@@ -1095,6 +1339,59 @@ fn body_json(res: &Resource, content_type: &str, body: &[u8]) -> Result<Value, A
             "the body of the request was in an unknown format - accepted media types include: application/json, application/vnd.kubernetes.protobuf (not {other:?})"
         ))),
     }
+}
+
+/// `dryRun` of a write (the query, or a delete's options): only `All` is accepted.
+fn dry_run(q: &HashMap<String, String>, opts: Option<&Value>) -> Result<bool, ApiError> {
+    let mut values: Vec<String> = q.get("dryRun").into_iter().cloned().collect();
+    if let Some(list) = opts.and_then(|o| o["dryRun"].as_array()) {
+        values.extend(list.iter().filter_map(Value::as_str).map(str::to_string));
+    }
+    let mut on = false;
+    for v in values.iter().filter(|v| !v.is_empty()) {
+        if v != "All" {
+            return Err(ApiError::BadRequest(format!(
+                "dryRun: Unsupported value: {v:?}: supported values: \"All\""
+            )));
+        }
+        on = true;
+    }
+    Ok(on)
+}
+
+/// `fieldManager` of a write, checked as Kubernetes checks it (at most 128 printable
+/// characters). Recorded only by server-side apply.
+fn field_manager(q: &HashMap<String, String>) -> Result<Option<&str>, ApiError> {
+    let Some(m) = q
+        .get("fieldManager")
+        .map(String::as_str)
+        .filter(|m| !m.is_empty())
+    else {
+        return Ok(None);
+    };
+    if m.chars().count() > 128 || m.chars().any(|c| c.is_control()) {
+        return Err(ApiError::BadRequest(format!(
+            "fieldManager: Invalid value: {m:?}: must be at most 128 printable characters"
+        )));
+    }
+    Ok(Some(m))
+}
+
+/// Whether a deleted object is free to go: its deletion timestamp is set and no finalizer,
+/// grace period or (for a namespace) namespace finalizer holds it any more.
+fn is_finalized(res: &Resource, obj: &Value) -> bool {
+    obj["metadata"].get("deletionTimestamp").is_some()
+        && obj["metadata"]["finalizers"]
+            .as_array()
+            .is_none_or(Vec::is_empty)
+        && obj["metadata"]["deletionGracePeriodSeconds"]
+            .as_i64()
+            .unwrap_or(0)
+            == 0
+        && (res.kind != Kind::Namespace
+            || obj["spec"]["finalizers"]
+                .as_array()
+                .is_none_or(Vec::is_empty))
 }
 
 fn parse_json(body: &[u8]) -> Result<Value, ApiError> {

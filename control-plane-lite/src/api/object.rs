@@ -48,6 +48,8 @@ fn roundtrip(kind: Kind, value: Value) -> Result<Value, serde_json::Error> {
         Kind::Node => rt::<Node>(value),
         Kind::ServiceAccount => rt::<ServiceAccount>(value),
         Kind::Event => rt::<Event>(value),
+        Kind::EventV1 => rt::<k8s_openapi::api::events::v1::Event>(value),
+        Kind::Service => rt::<k8s_openapi::api::core::v1::Service>(value),
     }
 }
 
@@ -291,6 +293,17 @@ pub fn validate(res: &Resource, obj: &Value) -> Vec<Cause> {
         }
     }
     if let Some(ann) = meta(obj).get("annotations").and_then(Value::as_object) {
+        let size: usize = ann
+            .iter()
+            .map(|(k, v)| k.len() + v.as_str().map_or(0, str::len))
+            .sum();
+        if size > MAX_ANNOTATIONS_SIZE {
+            causes.push(Cause {
+                reason: "FieldValueTooLong",
+                field: "metadata.annotations".into(),
+                message: format!("Too long: may not be more than {MAX_ANNOTATIONS_SIZE} bytes"),
+            });
+        }
         for k in ann.keys() {
             if !is_qualified_name(k) {
                 causes.push(Cause::invalid(
@@ -301,10 +314,95 @@ pub fn validate(res: &Resource, obj: &Value) -> Vec<Cause> {
             }
         }
     }
+    validate_owner_refs(obj, &mut causes);
+    validate_finalizers(obj, &mut causes);
+    if res.kind == Kind::Service {
+        validate_service(obj, &mut causes);
+    }
     if res.kind == Kind::Pod {
         validate_pod(obj, &mut causes);
     }
     causes
+}
+
+/// The total size of an object's annotations (keys and values) Kubernetes allows.
+const MAX_ANNOTATIONS_SIZE: usize = 256 * 1024;
+
+/// Finalizers Kubernetes itself defines (no domain needed).
+const STANDARD_FINALIZERS: [&str; 3] = ["kubernetes", "orphan", "foregroundDeletion"];
+
+fn validate_owner_refs(obj: &Value, causes: &mut Vec<Cause>) {
+    let Some(refs) = meta(obj).get("ownerReferences").and_then(Value::as_array) else {
+        return;
+    };
+    let mut controllers = Vec::new();
+    for r in refs {
+        let field = |f: &str| r.get(f).and_then(Value::as_str).unwrap_or_default();
+        for (f, what) in [
+            ("apiVersion", "version"),
+            ("kind", "kind"),
+            ("name", "name"),
+            ("uid", "uid"),
+        ] {
+            if field(f).is_empty() {
+                causes.push(Cause::invalid(
+                    format!("metadata.ownerReferences.{f}"),
+                    "",
+                    &format!("{what} must not be empty"),
+                ));
+            }
+        }
+        if r.get("controller") == Some(&json!(true)) {
+            controllers.push(format!("{}/{}", field("kind"), field("name")));
+        }
+    }
+    if controllers.len() > 1 {
+        causes.push(Cause::invalid(
+            "metadata.ownerReferences",
+            &controllers.join(", "),
+            "Only one reference can have Controller set to true",
+        ));
+    }
+}
+
+fn validate_finalizers(obj: &Value, causes: &mut Vec<Cause>) {
+    let Some(list) = meta(obj).get("finalizers").and_then(Value::as_array) else {
+        return;
+    };
+    let names: Vec<&str> = list.iter().filter_map(Value::as_str).collect();
+    for f in &names {
+        if !is_qualified_name(f) {
+            causes.push(Cause::invalid(
+                "metadata.finalizers",
+                f,
+                "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character",
+            ));
+        }
+    }
+    if names.contains(&"orphan") && names.contains(&"foregroundDeletion") {
+        causes.push(Cause::invalid(
+            "metadata.finalizers",
+            "orphan, foregroundDeletion",
+            "finalizer orphan and foregroundDeletion cannot be both set",
+        ));
+    }
+}
+
+/// Warnings Kubernetes gives about metadata that is valid but unwise.
+pub fn meta_warnings(obj: &Value) -> Vec<String> {
+    meta(obj)
+        .get("finalizers")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .filter(|f| !f.contains('/') && !STANDARD_FINALIZERS.contains(f))
+        .map(|f| {
+            format!(
+                "metadata.finalizers: {f:?}: prefer a domain-qualified finalizer name including a path (/) to avoid accidental conflicts with other finalizer writers"
+            )
+        })
+        .collect()
 }
 
 fn validate_pod(obj: &Value, causes: &mut Vec<Cause>) {
@@ -376,6 +474,7 @@ pub fn validate_update(res: &Resource, old: &Value, new: &Value) -> Vec<Cause> {
                 causes.push(Cause::forbidden("spec", POD_UPDATE_MSG));
             }
         }
+        Kind::Service => validate_service_update(old, new, &mut causes),
         Kind::ConfigMap | Kind::Secret if old["immutable"] == json!(true) => {
             if new["immutable"] != json!(true) {
                 causes.push(Cause::forbidden(
@@ -404,6 +503,17 @@ pub fn default_on_create(res: &Resource, obj: &mut Value) {
             if obj.pointer("/status/phase").is_none() {
                 obj["status"] = json!({"phase": "Active"});
             }
+            // The namespace controller's own finalizer: contents go before the namespace.
+            if obj.pointer("/spec/finalizers").is_none_or(Value::is_null) {
+                let spec = obj
+                    .as_object_mut()
+                    .expect("namespace is an object")
+                    .entry("spec")
+                    .or_insert_with(|| json!({}));
+                if spec.is_object() {
+                    spec["finalizers"] = json!(["kubernetes"]);
+                }
+            }
         }
         Kind::Secret => {
             if obj.get("type").is_none_or(Value::is_null) {
@@ -411,7 +521,13 @@ pub fn default_on_create(res: &Resource, obj: &mut Value) {
             }
         }
         Kind::Pod => default_pod(obj),
-        Kind::ConfigMap | Kind::Lease | Kind::Node | Kind::ServiceAccount | Kind::Event => {}
+        Kind::ConfigMap
+        | Kind::Lease
+        | Kind::Node
+        | Kind::ServiceAccount
+        | Kind::Event
+        | Kind::EventV1 => {}
+        Kind::Service => default_service(obj),
     }
 }
 
@@ -478,6 +594,576 @@ pub fn fold_string_data(res: &Resource, obj: &mut Value) {
     for (k, v) in sd {
         let raw = v.as_str().unwrap_or_default();
         data[k] = json!(base64::engine::general_purpose::STANDARD.encode(raw));
+    }
+}
+
+/// The range cluster IPs are allocated from (k3s' default service CIDR): network and prefix.
+pub const SERVICE_CIDR: (std::net::Ipv4Addr, u8) = (std::net::Ipv4Addr::new(10, 43, 0, 0), 16);
+
+/// The first address of the service CIDR: the `default/kubernetes` Service's, never allocated
+/// to another Service.
+pub const KUBERNETES_SERVICE_IP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 43, 0, 1);
+
+/// The node port range (Kubernetes' default).
+pub const NODE_PORTS: std::ops::RangeInclusive<u16> = 30000..=32767;
+
+const SERVICE_TYPES: [&str; 4] = ["ClusterIP", "ExternalName", "LoadBalancer", "NodePort"];
+const DNS1035_LABEL_MSG: &str = "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character (e.g. 'my-name',  or 'abc-123', regex used for validation is '[a-z]([-a-z0-9]*[a-z0-9])?')";
+
+fn service_type(obj: &Value) -> &str {
+    obj.pointer("/spec/type")
+        .and_then(Value::as_str)
+        .unwrap_or("ClusterIP")
+}
+
+fn needs_node_ports(ty: &str) -> bool {
+    matches!(ty, "NodePort" | "LoadBalancer")
+}
+
+fn service_ports_mut(obj: &mut Value) -> impl Iterator<Item = &mut Value> {
+    obj.pointer_mut("/spec/ports")
+        .and_then(Value::as_array_mut)
+        .into_iter()
+        .flatten()
+}
+
+fn in_service_cidr(ip: std::net::Ipv4Addr) -> bool {
+    let (net, bits) = SERVICE_CIDR;
+    let mask = u32::MAX << (32 - bits);
+    u32::from(ip) & mask == u32::from(net) & mask
+}
+
+/// Service defaults: type, session affinity, port protocols and target ports, single-stack
+/// IPv4, traffic policies, `clusterIPs` from `clusterIP`.
+fn default_service(obj: &mut Value) {
+    let Some(m) = obj.as_object_mut() else { return };
+    let spec = m.entry("spec").or_insert_with(|| json!({}));
+    if !spec.is_object() {
+        return;
+    }
+    set_default(spec, "type", json!("ClusterIP"));
+    set_default(spec, "sessionAffinity", json!("None"));
+    let ty = spec["type"].as_str().unwrap_or_default().to_string();
+    if let Some(ports) = spec.get_mut("ports").and_then(Value::as_array_mut) {
+        for p in ports {
+            set_default(p, "protocol", json!("TCP"));
+            if let Some(port) = p.get("port").cloned() {
+                set_default(p, "targetPort", port);
+            }
+        }
+    }
+    if ty != "ExternalName" {
+        set_default(spec, "ipFamilies", json!(["IPv4"]));
+        set_default(spec, "ipFamilyPolicy", json!("SingleStack"));
+        set_default(spec, "internalTrafficPolicy", json!("Cluster"));
+        if let Some(ip) = spec.get("clusterIP").and_then(Value::as_str)
+            && !ip.is_empty()
+        {
+            let ip = json!([ip]);
+            set_default(spec, "clusterIPs", ip);
+        }
+    }
+    if needs_node_ports(&ty) {
+        set_default(spec, "externalTrafficPolicy", json!("Cluster"));
+    }
+    if ty == "LoadBalancer" {
+        set_default(spec, "allocateLoadBalancerNodePorts", json!(true));
+    }
+    let status = m.entry("status").or_insert_with(|| json!({}));
+    set_default(status, "loadBalancer", json!({}));
+}
+
+/// What Kubernetes commonly rejects in a Service.
+fn validate_service(obj: &Value, causes: &mut Vec<Cause>) {
+    let name = meta_str(obj, "name").unwrap_or_default();
+    let dns1035 = |s: &str| is_dns1123_label(s) && s.as_bytes()[0].is_ascii_lowercase();
+    // Service names are DNS-1035 labels (stricter than the subdomain `validate` checked).
+    if !name.is_empty() && !dns1035(name) {
+        causes.retain(|c| c.field != "metadata.name");
+        causes.push(Cause::invalid("metadata.name", name, DNS1035_LABEL_MSG));
+    }
+    let spec = obj.get("spec").unwrap_or(&Value::Null);
+    let ty = service_type(obj);
+    if !SERVICE_TYPES.contains(&ty) {
+        causes.push(Cause {
+            reason: "FieldValueNotSupported",
+            field: "spec.type".into(),
+            message: format!(
+                "Unsupported value: {ty:?}: supported values: \"ClusterIP\", \"ExternalName\", \"LoadBalancer\", \"NodePort\""
+            ),
+        });
+    }
+    if let Some(a) = spec.get("sessionAffinity").and_then(Value::as_str)
+        && !matches!(a, "None" | "ClientIP")
+    {
+        causes.push(Cause {
+            reason: "FieldValueNotSupported",
+            field: "spec.sessionAffinity".into(),
+            message: format!("Unsupported value: {a:?}: supported values: \"ClientIP\", \"None\""),
+        });
+    }
+    let cluster_ip = spec
+        .get("clusterIP")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let headless = cluster_ip == "None";
+    if ty == "ExternalName" {
+        let ext = spec
+            .get("externalName")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if ext.is_empty() {
+            causes.push(Cause::required("spec.externalName"));
+        } else if !is_dns1123_subdomain(ext.trim_end_matches('.')) {
+            causes.push(Cause::invalid(
+                "spec.externalName",
+                ext,
+                DNS1123_SUBDOMAIN_MSG,
+            ));
+        }
+    } else if !cluster_ip.is_empty()
+        && !headless
+        && cluster_ip.parse::<std::net::Ipv4Addr>().is_err()
+    {
+        causes.push(Cause::invalid(
+            "spec.clusterIPs[0]",
+            cluster_ip,
+            "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)",
+        ));
+    }
+    if headless && needs_node_ports(ty) {
+        causes.push(Cause::invalid(
+            "spec.clusterIPs[0]",
+            cluster_ip,
+            &format!("may not be set to 'None' for {ty} services"),
+        ));
+    }
+    let ports = spec
+        .get("ports")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    if ports.is_empty() && ty != "ExternalName" && !headless {
+        causes.push(Cause::required("spec.ports"));
+    }
+    let mut names: Vec<&str> = Vec::new();
+    let mut keys: Vec<(i64, &str)> = Vec::new();
+    for (i, p) in ports.iter().enumerate() {
+        let field = |f: &str| format!("spec.ports[{i}].{f}");
+        let pname = p.get("name").and_then(Value::as_str).unwrap_or_default();
+        if pname.is_empty() {
+            if ports.len() > 1 {
+                causes.push(Cause::required(field("name")));
+            }
+        } else if !is_dns1123_label(pname) {
+            causes.push(Cause::invalid(field("name"), pname, DNS1123_LABEL_MSG));
+        } else if names.contains(&pname) {
+            causes.push(Cause {
+                reason: "FieldValueDuplicate",
+                field: field("name"),
+                message: format!("Duplicate value: {pname:?}"),
+            });
+        }
+        names.push(pname);
+        let port = p.get("port").and_then(Value::as_i64).unwrap_or(0);
+        if !(1..=65535).contains(&port) {
+            causes.push(Cause {
+                reason: "FieldValueInvalid",
+                field: field("port"),
+                message: format!("Invalid value: {port}: must be between 1 and 65535, inclusive"),
+            });
+        }
+        let proto = p.get("protocol").and_then(Value::as_str).unwrap_or("TCP");
+        if !matches!(proto, "TCP" | "UDP" | "SCTP") {
+            causes.push(Cause {
+                reason: "FieldValueNotSupported",
+                field: field("protocol"),
+                message: format!(
+                    "Unsupported value: {proto:?}: supported values: \"SCTP\", \"TCP\", \"UDP\""
+                ),
+            });
+        } else if keys.contains(&(port, proto)) {
+            causes.push(Cause {
+                reason: "FieldValueDuplicate",
+                field: format!("spec.ports[{i}]"),
+                message: format!("Duplicate value: {{port: {port}, protocol: {proto}}}"),
+            });
+        }
+        keys.push((port, proto));
+        match p.get("targetPort") {
+            Some(Value::Number(n)) if !(1..=65535).contains(&n.as_i64().unwrap_or(0)) => {
+                causes.push(Cause {
+                    reason: "FieldValueInvalid",
+                    field: field("targetPort"),
+                    message: format!("Invalid value: {n}: must be between 1 and 65535, inclusive"),
+                });
+            }
+            Some(Value::String(s)) if !is_iana_svc_name(s) => {
+                causes.push(Cause::invalid(
+                    field("targetPort"),
+                    s,
+                    "must contain only alpha-numeric characters (a-z, 0-9), and hyphens (-), at most 15 characters, and at least one letter",
+                ));
+            }
+            _ => {}
+        }
+        if let Some(np) = p
+            .get("nodePort")
+            .and_then(Value::as_i64)
+            .filter(|n| *n != 0)
+        {
+            if !needs_node_ports(ty) {
+                causes.push(Cause::forbidden(
+                    field("nodePort"),
+                    &format!("may not be used when `type` is '{ty}'"),
+                ));
+            } else if !u16::try_from(np).is_ok_and(|n| NODE_PORTS.contains(&n)) {
+                causes.push(Cause {
+                    reason: "FieldValueInvalid",
+                    field: field("nodePort"),
+                    message: format!(
+                        "Invalid value: {np}: provided port is not in the valid range. The range of valid ports is {}-{}",
+                        NODE_PORTS.start(),
+                        NODE_PORTS.end()
+                    ),
+                });
+            }
+        }
+    }
+}
+
+/// An IANA service name, as a named `targetPort` must be.
+fn is_iana_svc_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 15
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes().any(|b| b.is_ascii_lowercase())
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+        && !s.contains("--")
+}
+
+/// A Service's cluster IP cannot change once allocated (except to or from ExternalName).
+fn validate_service_update(old: &Value, new: &Value, causes: &mut Vec<Cause>) {
+    let ip = |v: &Value| {
+        v.pointer("/spec/clusterIP")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    let (before, after) = (ip(old), ip(new));
+    if service_type(old) != "ExternalName"
+        && service_type(new) != "ExternalName"
+        && !before.is_empty()
+        && before != after
+    {
+        causes.push(Cause::invalid(
+            "spec.clusterIPs[0]",
+            &after,
+            "may not change once set",
+        ));
+    }
+}
+
+/// Cluster IPs and node ports handed out in this process lately: concurrent creates never
+/// get the same one, even before the first is stored.
+static RECENT: std::sync::Mutex<Vec<(Allocated, std::time::Instant)>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// How long a handed-out cluster IP or node port is kept from others without being stored.
+const RESERVATION: std::time::Duration = std::time::Duration::from_secs(120);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Allocated {
+    Ip(std::net::Ipv4Addr),
+    NodePort(u16),
+}
+
+/// The cluster IPs and node ports in use: those of the stored Services, which a Service may
+/// not ask for, and those this process handed out lately, which allocation also avoids.
+#[derive(Debug, Default)]
+pub struct ServiceAllocations {
+    ips: std::collections::HashSet<std::net::Ipv4Addr>,
+    node_ports: std::collections::HashSet<u16>,
+    recent: Vec<Allocated>,
+}
+
+impl ServiceAllocations {
+    /// What `services` hold, plus what this process handed out lately.
+    pub fn of(services: &[Value]) -> ServiceAllocations {
+        let mut a = ServiceAllocations::default();
+        for s in services {
+            if let Some(ip) = s
+                .pointer("/spec/clusterIP")
+                .and_then(Value::as_str)
+                .and_then(|ip| ip.parse().ok())
+            {
+                a.ips.insert(ip);
+            }
+            for p in s
+                .pointer("/spec/ports")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                if let Some(np) = p
+                    .get("nodePort")
+                    .and_then(Value::as_u64)
+                    .and_then(|n| u16::try_from(n).ok())
+                {
+                    a.node_ports.insert(np);
+                }
+            }
+        }
+        let mut recent = RECENT.lock().unwrap_or_else(|e| e.into_inner());
+        recent.retain(|(_, at)| at.elapsed() < RESERVATION);
+        a.recent = recent.iter().map(|(r, _)| *r).collect();
+        a
+    }
+
+    fn ip_free(&self, ip: std::net::Ipv4Addr) -> bool {
+        !self.ips.contains(&ip) && !self.recent.contains(&Allocated::Ip(ip))
+    }
+
+    fn node_port_free(&self, port: u16) -> bool {
+        !self.node_ports.contains(&port) && !self.recent.contains(&Allocated::NodePort(port))
+    }
+}
+
+fn reserve(r: Allocated) {
+    RECENT
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push((r, std::time::Instant::now()));
+}
+
+fn random_u32() -> u32 {
+    let mut b = [0u8; 4];
+    getrandom::fill(&mut b).expect("system randomness");
+    u32::from_le_bytes(b)
+}
+
+/// A free value among `n` candidates `pick(i)`, starting at a random one.
+fn first_free<T>(n: u32, pick: impl Fn(u32) -> T, used: impl Fn(&T) -> bool) -> Option<T> {
+    let start = random_u32() % n;
+    (0..n).map(|i| pick((start + i) % n)).find(|c| !used(c))
+}
+
+/// Allocates a new Service's cluster IP (unless headless or ExternalName, or checks the one
+/// asked for) and the node ports its type needs, given what is in use.
+pub fn allocate_service(obj: &mut Value, used: &ServiceAllocations) -> Result<(), Vec<Cause>> {
+    let ty = service_type(obj).to_string();
+    let is_default_kubernetes = meta_str(obj, "namespace") == Some("default")
+        && meta_str(obj, "name") == Some("kubernetes");
+    let mut causes = Vec::new();
+    if ty != "ExternalName" {
+        let asked = obj
+            .pointer("/spec/clusterIP")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let (net, bits) = SERVICE_CIDR;
+        let ip = match asked.as_str() {
+            "" => {
+                let size = 1u32 << (32 - bits);
+                // Neither the network address nor the broadcast address.
+                first_free(
+                    size - 2,
+                    |i| std::net::Ipv4Addr::from(u32::from(net) + 1 + i),
+                    |ip| !used.ip_free(*ip) || *ip == KUBERNETES_SERVICE_IP,
+                )
+                .ok_or_else(|| {
+                    vec![Cause {
+                        reason: "FieldValueInvalid",
+                        field: "spec.clusterIPs".into(),
+                        message: "Invalid value: []: failed to allocate a serviceIP: range is full"
+                            .into(),
+                    }]
+                })?
+                .to_string()
+            }
+            "None" => asked,
+            other => match other.parse::<std::net::Ipv4Addr>() {
+                Ok(ip) if !in_service_cidr(ip) => {
+                    causes.push(Cause::invalid(
+                        "spec.clusterIPs[0]",
+                        other,
+                        &format!(
+                            "failed to allocate IP {other}: the provided IP ({other}) is not in the valid range. The range of valid IPs is {net}/{bits}"
+                        ),
+                    ));
+                    asked
+                }
+                Ok(ip)
+                    if used.ips.contains(&ip)
+                        || (ip == KUBERNETES_SERVICE_IP && !is_default_kubernetes) =>
+                {
+                    causes.push(Cause {
+                        reason: "FieldValueInvalid",
+                        field: "spec.clusterIPs".into(),
+                        message: format!(
+                            "Invalid value: []string{{{other:?}}}: failed to allocate IP {other}: provided IP is already allocated"
+                        ),
+                    });
+                    asked
+                }
+                // Not an IP: validation names it.
+                _ => asked,
+            },
+        };
+        if let Ok(a) = ip.parse()
+            && a != KUBERNETES_SERVICE_IP
+        {
+            reserve(Allocated::Ip(a));
+        }
+        obj["spec"]["clusterIP"] = json!(ip);
+        obj["spec"]["clusterIPs"] = json!([ip]);
+    }
+    if needs_node_ports(&ty) {
+        let mut taken: Vec<u16> = Vec::new();
+        for (i, p) in service_ports_mut(obj).enumerate() {
+            let asked = p.get("nodePort").and_then(Value::as_u64).unwrap_or(0);
+            if asked != 0 {
+                if let Ok(n) = u16::try_from(asked)
+                    && NODE_PORTS.contains(&n)
+                {
+                    if used.node_ports.contains(&n) || taken.contains(&n) {
+                        causes.push(Cause {
+                            reason: "FieldValueInvalid",
+                            field: format!("spec.ports[{i}].nodePort"),
+                            message: format!(
+                                "Invalid value: {n}: provided port is already allocated"
+                            ),
+                        });
+                    } else {
+                        taken.push(n);
+                        reserve(Allocated::NodePort(n));
+                    }
+                }
+                continue;
+            }
+            let span = u32::from(NODE_PORTS.end() - NODE_PORTS.start()) + 1;
+            match first_free(
+                span,
+                |i| NODE_PORTS.start() + i as u16,
+                |n| !used.node_port_free(*n) || taken.contains(n),
+            ) {
+                Some(n) => {
+                    taken.push(n);
+                    reserve(Allocated::NodePort(n));
+                    p["nodePort"] = json!(n);
+                }
+                None => causes.push(Cause {
+                    reason: "FieldValueInvalid",
+                    field: format!("spec.ports[{i}].nodePort"),
+                    message: "Invalid value: 0: failed to allocate a nodePort: range is full"
+                        .into(),
+                }),
+            }
+        }
+    }
+    if causes.is_empty() {
+        Ok(())
+    } else {
+        Err(causes)
+    }
+}
+
+/// Scans the stored Services and allocates for a new one ([`allocate_service`]).
+pub async fn allocate_service_from_store(
+    store: &dyn crate::store::Store,
+    res: &Resource,
+    obj: &mut Value,
+) -> Result<(), ApiError> {
+    let prefix = res.prefix(None);
+    let mut services = Vec::new();
+    let mut cont = None;
+    loop {
+        let page = store
+            .list(&prefix, 500, cont)
+            .await
+            .map_err(|e| ApiError::from_store(e, &res.qualified(), ""))?;
+        // One of the same name is no conflict: the create fails as AlreadyExists.
+        let same = |s: &Value| {
+            meta_str(s, "namespace") == meta_str(obj, "namespace")
+                && meta_str(s, "name") == meta_str(obj, "name")
+        };
+        services.extend(
+            page.items
+                .iter()
+                .filter_map(|kv| serde_json::from_slice::<Value>(&kv.value).ok())
+                .filter(|s| !same(s)),
+        );
+        match page.continuation() {
+            Some(c) => cont = Some(c),
+            None => break,
+        }
+    }
+    allocate_service(obj, &ServiceAllocations::of(&services)).map_err(|causes| ApiError::Invalid {
+        kind: res.qualified_kind(),
+        name: meta_str(obj, "name").unwrap_or_default().to_string(),
+        causes,
+    })
+}
+
+/// On update: keeps what was allocated when the new object leaves it out (a `replace`
+/// without `clusterIP` or `nodePort`), and gives node ports to a Service that became a
+/// NodePort or LoadBalancer.
+pub fn keep_service_allocations(res: &Resource, cur: &Value, new: &mut Value) {
+    if res.kind != Kind::Service || service_type(new) == "ExternalName" {
+        return;
+    }
+    if service_type(cur) != "ExternalName" {
+        for k in ["clusterIP", "clusterIPs"] {
+            let missing = new
+                .pointer(&format!("/spec/{k}"))
+                .is_none_or(|v| v.is_null() || v == "" || v == &json!([]));
+            if missing && let Some(v) = cur.pointer(&format!("/spec/{k}")) {
+                new["spec"][k] = v.clone();
+            }
+        }
+    }
+    if !needs_node_ports(service_type(new)) {
+        return;
+    }
+    let old_ports: Vec<Value> = cur
+        .pointer("/spec/ports")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let mut in_use: Vec<u16> = old_ports
+        .iter()
+        .filter_map(|p| p.get("nodePort").and_then(Value::as_u64))
+        .filter_map(|n| u16::try_from(n).ok())
+        .collect();
+    let others = ServiceAllocations::of(&[]);
+    for p in service_ports_mut(new) {
+        if p.get("nodePort").and_then(Value::as_u64).unwrap_or(0) != 0 {
+            continue;
+        }
+        let same = old_ports.iter().find(|o| {
+            o.get("port") == p.get("port")
+                && o.get("protocol").and_then(Value::as_str).unwrap_or("TCP")
+                    == p.get("protocol").and_then(Value::as_str).unwrap_or("TCP")
+        });
+        if let Some(np) = same
+            .and_then(|o| o.get("nodePort"))
+            .filter(|n| n.as_u64().is_some_and(|n| n != 0))
+        {
+            p["nodePort"] = np.clone();
+            continue;
+        }
+        let span = u32::from(NODE_PORTS.end() - NODE_PORTS.start()) + 1;
+        if let Some(n) = first_free(
+            span,
+            |i| NODE_PORTS.start() + i as u16,
+            |n| in_use.contains(n) || !others.node_port_free(*n),
+        ) {
+            in_use.push(n);
+            reserve(Allocated::NodePort(n));
+            p["nodePort"] = json!(n);
+        }
     }
 }
 
@@ -548,6 +1234,32 @@ mod tests {
     }
 
     #[test]
+    fn metadata_validation() {
+        let cms = Resource::find("", "v1", "configmaps").unwrap();
+        let ok = json!({"metadata": {"name": "c", "finalizers": ["example.com/x", "orphan"],
+            "ownerReferences": [{"apiVersion": "v1", "kind": "ConfigMap", "name": "o", "uid": "u", "controller": true}]}});
+        assert!(validate(cms, &ok).is_empty());
+        assert!(meta_warnings(&ok).is_empty());
+        let bad = json!({"metadata": {"name": "c", "finalizers": ["orphan", "foregroundDeletion", "a b"],
+            "ownerReferences": [{"apiVersion": "v1", "kind": "ConfigMap", "name": "o", "controller": true},
+                {"apiVersion": "v1", "kind": "ConfigMap", "name": "p", "uid": "v", "controller": true}],
+            "annotations": {"big": "x".repeat(MAX_ANNOTATIONS_SIZE)}}});
+        let fields: Vec<String> = validate(cms, &bad).into_iter().map(|c| c.field).collect();
+        assert_eq!(
+            fields,
+            [
+                "metadata.annotations",
+                "metadata.ownerReferences.uid",
+                "metadata.ownerReferences",
+                "metadata.finalizers",
+                "metadata.finalizers"
+            ]
+        );
+        let plain = json!({"metadata": {"finalizers": ["mine", "kubernetes"]}});
+        assert_eq!(meta_warnings(&plain).len(), 1);
+    }
+
+    #[test]
     fn names() {
         assert!(is_dns1123_label("kube-system"));
         assert!(!is_dns1123_label("a.b"));
@@ -574,5 +1286,83 @@ mod tests {
         fold_string_data(secrets, &mut s);
         assert_eq!(s["data"]["k"], "dg==");
         assert!(s.get("stringData").is_none());
+    }
+
+    #[test]
+    fn service_defaults_and_allocation() {
+        let services = Resource::find("", "v1", "services").unwrap();
+        let mut svc = json!({"metadata": {"name": "web", "namespace": "default"},
+            "spec": {"type": "NodePort", "ports": [{"name": "a", "port": 80}, {"name": "b", "port": 81, "nodePort": 30001}]}});
+        default_on_create(services, &mut svc);
+        assert_eq!(svc["spec"]["sessionAffinity"], "None");
+        assert_eq!(svc["spec"]["ports"][0]["protocol"], "TCP");
+        assert_eq!(svc["spec"]["ports"][0]["targetPort"], 80);
+        assert_eq!(svc["spec"]["externalTrafficPolicy"], "Cluster");
+        let taken =
+            json!({"spec": {"clusterIP": "10.43.0.2", "ports": [{"port": 1, "nodePort": 30002}]}});
+        let used = ServiceAllocations::of(&[taken]);
+        allocate_service(&mut svc, &used).unwrap();
+        let ip: std::net::Ipv4Addr = svc["spec"]["clusterIP"].as_str().unwrap().parse().unwrap();
+        assert!(in_service_cidr(ip) && ip != KUBERNETES_SERVICE_IP);
+        let np = svc["spec"]["ports"][0]["nodePort"].as_u64().unwrap() as u16;
+        assert!(NODE_PORTS.contains(&np) && np != 30001 && np != 30002);
+        assert_eq!(svc["spec"]["ports"][1]["nodePort"], 30001);
+        assert!(validate(services, &svc).is_empty());
+
+        let mut dup = json!({"metadata": {"name": "dup", "namespace": "default"},
+            "spec": {"clusterIP": "10.43.0.2", "type": "NodePort", "ports": [{"port": 1, "nodePort": 30002}]}});
+        let causes = allocate_service(&mut dup, &used).unwrap_err();
+        let fields: Vec<&str> = causes.iter().map(|c| c.field.as_str()).collect();
+        assert_eq!(fields, ["spec.clusterIPs", "spec.ports[0].nodePort"]);
+        let mut own = json!({"metadata": {"name": "kubernetes", "namespace": "default"},
+            "spec": {"clusterIP": "10.43.0.1", "ports": [{"port": 443}]}});
+        allocate_service(&mut own, &used).unwrap();
+        let mut other = json!({"metadata": {"name": "x", "namespace": "default"},
+            "spec": {"clusterIP": "10.43.0.1", "ports": [{"port": 443}]}});
+        assert!(allocate_service(&mut other, &used).is_err());
+    }
+
+    #[test]
+    fn service_validation_and_updates() {
+        let services = Resource::find("", "v1", "services").unwrap();
+        let svc = |name: &str, spec: Value| json!({"metadata": {"name": name}, "spec": spec});
+        let fields = |v: &Value| -> Vec<String> {
+            validate(services, v).into_iter().map(|c| c.field).collect()
+        };
+        assert_eq!(
+            fields(&svc("9a", json!({"ports": [{"port": 1}]}))),
+            ["metadata.name"]
+        );
+        assert_eq!(fields(&svc("a", json!({}))), ["spec.ports"]);
+        assert!(fields(&svc("a", json!({"clusterIP": "None"}))).is_empty());
+        assert_eq!(
+            fields(&svc("a", json!({"type": "ExternalName"}))),
+            ["spec.externalName"]
+        );
+        assert_eq!(
+            fields(&svc(
+                "a",
+                json!({"ports": [{"port": 1, "targetPort": "Not_A_Name"}]})
+            )),
+            ["spec.ports[0].targetPort"]
+        );
+        let old = svc(
+            "a",
+            json!({"clusterIP": "10.43.0.5", "ports": [{"port": 80, "nodePort": 30005}]}),
+        );
+        let mut new = svc(
+            "a",
+            json!({"type": "NodePort", "ports": [{"port": 80}, {"port": 81}]}),
+        );
+        keep_service_allocations(services, &old, &mut new);
+        assert_eq!(new["spec"]["clusterIP"], "10.43.0.5");
+        assert_eq!(new["spec"]["ports"][0]["nodePort"], 30005);
+        assert!(new["spec"]["ports"][1]["nodePort"].as_u64().is_some());
+        assert!(validate_update(services, &old, &new).is_empty());
+        new["spec"]["clusterIP"] = json!("10.43.0.6");
+        assert_eq!(
+            validate_update(services, &old, &new)[0].field,
+            "spec.clusterIPs[0]"
+        );
     }
 }

@@ -34,6 +34,8 @@ enum F {
     MapStr(&'static str),
     MapBytes(&'static str),
     Time(&'static str),
+    /// `intstr.IntOrString`: type = 1 (0 int, 1 string), intVal = 2, strVal = 3.
+    IntOrStr(&'static str),
     Msg(&'static str, &'static [(u32, F)]),
     RepMsg(&'static str, &'static [(u32, F)]),
 }
@@ -99,6 +101,53 @@ const SERVICE_ACCOUNT: &[(u32, F)] = &[
     (2, F::RepMsg("secrets", OBJECT_REF)),
     (3, F::RepMsg("imagePullSecrets", &[(1, F::Str("name"))])),
     (4, F::Bool("automountServiceAccountToken")),
+];
+
+const SERVICE_PORT: &[(u32, F)] = &[
+    (1, F::Str("name")),
+    (2, F::Str("protocol")),
+    (3, F::Int("port")),
+    (4, F::IntOrStr("targetPort")),
+    (5, F::Int("nodePort")),
+    (6, F::Str("appProtocol")),
+];
+
+const SERVICE: &[(u32, F)] = &[
+    (1, F::Msg("metadata", OBJECT_META)),
+    (
+        2,
+        F::Msg(
+            "spec",
+            &[
+                (1, F::RepMsg("ports", SERVICE_PORT)),
+                (2, F::MapStr("selector")),
+                (3, F::Str("clusterIP")),
+                (4, F::Str("type")),
+                (5, F::RepStr("externalIPs")),
+                (7, F::Str("sessionAffinity")),
+                (8, F::Str("loadBalancerIP")),
+                (9, F::RepStr("loadBalancerSourceRanges")),
+                (10, F::Str("externalName")),
+                (11, F::Str("externalTrafficPolicy")),
+                (12, F::Int("healthCheckNodePort")),
+                (13, F::Bool("publishNotReadyAddresses")),
+                (
+                    14,
+                    F::Msg(
+                        "sessionAffinityConfig",
+                        &[(1, F::Msg("clientIP", &[(1, F::Int("timeoutSeconds"))]))],
+                    ),
+                ),
+                (17, F::Str("ipFamilyPolicy")),
+                (18, F::RepStr("clusterIPs")),
+                (19, F::RepStr("ipFamilies")),
+                (20, F::Bool("allocateLoadBalancerNodePorts")),
+                (21, F::Str("loadBalancerClass")),
+                (22, F::Str("internalTrafficPolicy")),
+                (23, F::Str("trafficDistribution")),
+            ],
+        ),
+    ),
 ];
 
 const UNKNOWN: &[(u32, F)] = &[
@@ -224,6 +273,18 @@ fn message(b: &[u8], schema: &[(u32, F)]) -> Result<Map<String, Value>, ProtoErr
                     out.insert(k.into(), json!(s));
                 }
             }
+            (F::IntOrStr(k), Wire::Len(s)) => {
+                let v = message(
+                    s,
+                    &[(1, F::Int("type")), (2, F::Int("int")), (3, F::Str("str"))],
+                )?;
+                let value = match (v.get("type"), v.get("int"), v.get("str")) {
+                    (Some(t), _, Some(s)) if t == 1 => s.clone(),
+                    (None, Some(i), _) => i.clone(),
+                    _ => continue,
+                };
+                out.insert(k.into(), value);
+            }
             (F::Msg(k, sub), Wire::Len(s)) => {
                 out.insert(k.into(), Value::Object(message(s, sub)?));
             }
@@ -249,7 +310,8 @@ pub fn decode(kind: Kind, body: &[u8]) -> Result<Value, ProtoError> {
         Kind::Pod => return Err(ProtoError::Unsupported("pods")),
         Kind::Lease => return Err(ProtoError::Unsupported("leases")),
         Kind::Node => return Err(ProtoError::Unsupported("nodes")),
-        Kind::Event => return Err(ProtoError::Unsupported("events")),
+        Kind::Event | Kind::EventV1 => return Err(ProtoError::Unsupported("events")),
+        Kind::Service => SERVICE,
     };
     let rest = body.strip_prefix(b"k8s\0").ok_or(ProtoError::Magic)?;
     let envelope = message(rest, UNKNOWN)?;
@@ -309,5 +371,37 @@ mod tests {
             Err(ProtoError::Unsupported("pods"))
         );
         assert!(decode(Kind::ConfigMap, b"k8s\0\x0a\x10ab").is_err());
+    }
+
+    #[test]
+    fn decodes_a_service_with_int_or_string_ports() {
+        let int_port = [vec![0x08, 0x00, 0x10, 0x90, 0x3f], field(3, b"")].concat();
+        let str_port = [vec![0x08, 0x01, 0x10, 0x00], field(3, b"https")].concat();
+        let port = |name: &[u8], num: u8, target: &[u8]| {
+            [
+                field(1, name),
+                field(2, b"TCP"),
+                vec![0x18, num],
+                field(4, target),
+            ]
+            .concat()
+        };
+        let spec = [
+            field(1, &port(b"a", 80, &int_port)),
+            field(1, &port(b"b", 90, &str_port)),
+            field(4, b"ClusterIP"),
+        ]
+        .concat();
+        let svc = [field(1, &field(1, b"web")), field(2, &spec)].concat();
+        let type_meta = [field(1, b"v1"), field(2, b"Service")].concat();
+        let mut body = b"k8s\0".to_vec();
+        body.extend([field(1, &type_meta), field(2, &svc)].concat());
+        let v = decode(Kind::Service, &body).unwrap();
+        assert_eq!(
+            v["spec"],
+            json!({"type": "ClusterIP", "ports": [
+                {"name": "a", "protocol": "TCP", "port": 80, "targetPort": 8080},
+                {"name": "b", "protocol": "TCP", "port": 90, "targetPort": "https"}]})
+        );
     }
 }

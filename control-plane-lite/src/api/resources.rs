@@ -13,6 +13,9 @@ pub enum Kind {
     Node,
     ServiceAccount,
     Event,
+    /// `events.k8s.io/v1` Events: core Events (same storage) in the newer version.
+    EventV1,
+    Service,
 }
 
 /// Everything routing and discovery need to know about one resource.
@@ -36,7 +39,7 @@ pub const VERBS: [&str; 7] = [
     "create", "delete", "get", "list", "patch", "update", "watch",
 ];
 
-pub static RESOURCES: [Resource; 8] = [
+pub static RESOURCES: [Resource; 10] = [
     Resource {
         kind: Kind::Namespace,
         group: "",
@@ -46,7 +49,7 @@ pub static RESOURCES: [Resource; 8] = [
         kind_name: "Namespace",
         namespaced: false,
         short_names: &["ns"],
-        status: false,
+        status: true,
         extra_fields: &["status.phase"],
     },
     Resource {
@@ -141,6 +144,42 @@ pub static RESOURCES: [Resource; 8] = [
             "involvedObject.fieldPath",
             "reason",
             "reportingComponent",
+            "source",
+            "type",
+        ],
+    },
+    Resource {
+        kind: Kind::Service,
+        group: "",
+        version: "v1",
+        plural: "services",
+        singular: "service",
+        kind_name: "Service",
+        namespaced: true,
+        short_names: &["svc"],
+        status: true,
+        extra_fields: &["spec.clusterIP", "spec.type"],
+    },
+    Resource {
+        kind: Kind::EventV1,
+        group: "events.k8s.io",
+        version: "v1",
+        plural: "events",
+        singular: "event",
+        kind_name: "Event",
+        namespaced: true,
+        short_names: &[],
+        status: false,
+        extra_fields: &[
+            "regarding.kind",
+            "regarding.namespace",
+            "regarding.name",
+            "regarding.uid",
+            "regarding.apiVersion",
+            "regarding.resourceVersion",
+            "regarding.fieldPath",
+            "reason",
+            "reportingController",
             "type",
         ],
     },
@@ -183,7 +222,8 @@ impl Resource {
 
     /// The store key prefix of every object of this resource in `namespace` (None: all).
     pub fn prefix(&self, namespace: Option<&str>) -> String {
-        let group = if self.group.is_empty() {
+        // events.k8s.io Events are the core Events, stored once.
+        let group = if self.group.is_empty() || self.kind == Kind::EventV1 {
             String::new()
         } else {
             format!("{}/", self.group)

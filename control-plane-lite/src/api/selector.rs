@@ -119,6 +119,15 @@ pub struct FieldSelector {
     reqs: Vec<(String, bool, String)>,
 }
 
+/// The JSON path a field selector label reads (most are their own path).
+fn field_path(label: &str) -> &str {
+    match label {
+        // A core Event's `source` selects on its component, as Kubernetes does.
+        "source" => "source.component",
+        other => other,
+    }
+}
+
 impl FieldSelector {
     /// Parses `s`; every field must be in `supported` (as a dotted JSON path).
     pub fn parse(s: &str, supported: &[&str]) -> Result<FieldSelector, SelectorError> {
@@ -150,10 +159,14 @@ impl FieldSelector {
             .map(|(_, _, v)| v.as_str())
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.reqs.is_empty()
+    }
+
     pub fn matches(&self, obj: &Value) -> bool {
         self.reqs.iter().all(|(k, eq, want)| {
             let mut cur = obj;
-            for seg in k.split('.') {
+            for seg in field_path(k).split('.') {
                 cur = cur.get(seg).unwrap_or(&Value::Null);
             }
             let got = match cur {

@@ -34,6 +34,8 @@ fn strategy(path: &str) -> ListMerge {
     const KEYED: &[(&str, &str)] = &[
         ("metadata.ownerReferences", "uid"),
         ("spec.containers", "name"),
+        // A Service's ports.
+        ("spec.ports", "port"),
         ("spec.initContainers", "name"),
         ("spec.ephemeralContainers", "name"),
         ("spec.volumes", "name"),
@@ -68,6 +70,14 @@ fn strategy(path: &str) -> ListMerge {
         }
     }
     ListMerge::Replace
+}
+
+/// The merge key of the list at `path` (dotted field names), if its elements merge by key.
+pub fn list_merge_key(path: &str) -> Option<&'static str> {
+    match strategy(path) {
+        ListMerge::ByKey(k) => Some(k),
+        ListMerge::Replace | ListMerge::Primitives => None,
+    }
 }
 
 fn join(path: &str, key: &str) -> String {

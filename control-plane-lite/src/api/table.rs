@@ -153,6 +153,7 @@ pub fn columns(kind: Kind) -> Vec<Value> {
             ),
             age,
         ],
+        Kind::EventV1 => columns(Kind::Event),
         Kind::Event => vec![
             col(
                 "Last Seen",
@@ -201,6 +202,15 @@ pub fn columns(kind: Kind) -> Vec<Value> {
             name,
             col("Holder", "string", "", "The holder of the lease", 0),
             age,
+        ],
+        Kind::Service => vec![
+            name,
+            col("Type", "string", "", "The type of the service.", 0),
+            col("Cluster-IP", "string", "", "The cluster ip.", 0),
+            col("External-IP", "string", "", "The external ip.", 0),
+            col("Port(s)", "string", "", "The ports of the service.", 0),
+            age,
+            col("Selector", "string", "", "The selector of the service.", 1),
         ],
     }
 }
@@ -386,6 +396,11 @@ pub fn cells(kind: Kind, obj: &Value, now: i64) -> Vec<Value> {
     let name = json!(meta(obj).get("name").and_then(Value::as_str).unwrap_or(""));
     let age = json!(age(obj, now));
     match kind {
+        // The same printer as core Events, as Kubernetes prints events.k8s.io Events.
+        Kind::EventV1 => match super::events::v1_to_core(obj) {
+            Ok(core) => cells(Kind::Event, &core, now),
+            Err(_) => columns(Kind::Event).iter().map(|_| json!("")).collect(),
+        },
         Kind::Pod => {
             let total = obj
                 .pointer("/spec/containers")
@@ -491,7 +506,100 @@ pub fn cells(kind: Kind, obj: &Value, now: i64) -> Vec<Value> {
             json!(str_or_none(obj.pointer("/spec/holderIdentity"))),
             age,
         ],
+        Kind::Service => service_cells(obj, name, age),
     }
+}
+
+/// A Service's row as `kubectl get services` prints it.
+fn service_cells(obj: &Value, name: Value, age: Value) -> Vec<Value> {
+    let spec = obj.get("spec").unwrap_or(&Value::Null);
+    let ty = spec
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or("ClusterIP");
+    let strings = |v: Option<&Value>| -> Vec<String> {
+        v.and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let external_ips = strings(spec.get("externalIPs"));
+    let external = match ty {
+        "ExternalName" => str_or_none(spec.get("externalName")),
+        "LoadBalancer" => {
+            let mut ips: Vec<String> = obj
+                .pointer("/status/loadBalancer/ingress")
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|i| {
+                            i.get("ip")
+                                .or_else(|| i.get("hostname"))
+                                .and_then(Value::as_str)
+                                .filter(|s| !s.is_empty())
+                                .map(str::to_string)
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            ips.extend(external_ips);
+            if ips.is_empty() {
+                "<pending>".into()
+            } else {
+                ips.join(",")
+            }
+        }
+        _ if external_ips.is_empty() => "<none>".into(),
+        _ => external_ips.join(","),
+    };
+    let ports: Vec<String> = spec
+        .get("ports")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .map(|p| {
+                    let port = p.get("port").and_then(Value::as_i64).unwrap_or(0);
+                    let proto = p.get("protocol").and_then(Value::as_str).unwrap_or("TCP");
+                    match p.get("nodePort").and_then(Value::as_i64) {
+                        Some(np) if np > 0 => format!("{port}:{np}/{proto}"),
+                        _ => format!("{port}/{proto}"),
+                    }
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let selector: Vec<String> = spec
+        .get("selector")
+        .and_then(Value::as_object)
+        .map(|m| {
+            let mut v: Vec<String> = m
+                .iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                .collect();
+            v.sort();
+            v
+        })
+        .unwrap_or_default();
+    let none_if_empty = |v: Vec<String>| {
+        if v.is_empty() {
+            "<none>".to_string()
+        } else {
+            v.join(",")
+        }
+    };
+    vec![
+        name,
+        json!(ty),
+        json!(str_or_none(spec.get("clusterIP"))),
+        json!(external),
+        json!(none_if_empty(ports)),
+        age,
+        json!(none_if_empty(selector)),
+    ]
 }
 
 /// One table row for `obj`.
@@ -600,6 +708,27 @@ mod tests {
         );
         let l = json!({"metadata": {"name": "l"}, "spec": {"holderIdentity": "n1"}});
         assert_eq!(cells(Kind::Lease, &l, 0)[1], "n1");
+        let svc = json!({"metadata": {"name": "web"}, "spec": {"type": "NodePort",
+            "clusterIP": "10.43.0.10", "selector": {"b": "2", "a": "1"},
+            "ports": [{"port": 80, "nodePort": 30080, "protocol": "TCP"}, {"port": 53, "protocol": "UDP"}]}});
+        let c = cells(Kind::Service, &svc, 0);
+        assert_eq!(
+            c[1..5],
+            [
+                json!("NodePort"),
+                json!("10.43.0.10"),
+                json!("<none>"),
+                json!("80:30080/TCP,53/UDP")
+            ]
+        );
+        assert_eq!(c[6], "a=1,b=2");
+        assert_eq!(columns(Kind::Service).len(), c.len());
+        let lb = json!({"metadata": {"name": "lb"}, "spec": {"type": "LoadBalancer", "clusterIP": "None"}});
+        let c = cells(Kind::Service, &lb, 0);
+        assert_eq!(
+            c[2..5],
+            [json!("None"), json!("<pending>"), json!("<none>")]
+        );
         let t = table(
             Kind::Namespace,
             &[json!({"metadata": {"name": "default"}, "status": {"phase": "Active"}})],

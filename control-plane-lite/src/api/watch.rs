@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use super::resources::Resource;
 use super::status::ApiError;
 use super::table::{self, IncludeObject};
-use super::{Body, Filter, now_secs, to_object};
+use super::{Body, Filter, now_secs, to_object_as};
 use crate::store::{Store, StoreError, WatchEvent};
 
 /// Default watch lifetime when the client gives no `timeoutSeconds`.
@@ -101,7 +101,7 @@ pub(super) async fn watch(
             loop {
                 let page = store.list(&prefix, 500, cont).await.map_err(store_err)?;
                 for kv in &page.items {
-                    let obj = to_object(kv)?;
+                    let obj = to_object_as(res, kv)?;
                     if filter.matches(&obj) {
                         initial.push(obj);
                     }
@@ -175,10 +175,10 @@ fn render(
 ) -> Result<Option<Bytes>, ApiError> {
     match ev {
         WatchEvent::Put { kv, prev } => {
-            let obj = to_object(&kv)?;
+            let obj = to_object_as(enc.res, &kv)?;
             let now = filter.matches(&obj);
             let before = match &prev {
-                Some(p) => filter.matches(&to_object(p)?),
+                Some(p) => filter.matches(&to_object_as(enc.res, p)?),
                 None => false,
             };
             Ok(match (before, now) {
@@ -190,7 +190,7 @@ fn render(
         }
         WatchEvent::Delete { kv, prev } => {
             let Some(prev) = prev else { return Ok(None) };
-            let mut obj = to_object(&prev)?;
+            let mut obj = to_object_as(enc.res, &prev)?;
             obj["metadata"]["resourceVersion"] = json!(kv.mod_revision.to_string());
             Ok(filter.matches(&obj).then(|| enc.event("DELETED", &obj)))
         }

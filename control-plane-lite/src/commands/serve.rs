@@ -1,5 +1,5 @@
-//! Serving: open the store, load or make the credentials, bootstrap namespaces, serve HTTPS
-//! until SIGTERM or Ctrl-C.
+//! Serving: open the store, load or make the credentials, bootstrap namespaces, start the
+//! scheduler, serve HTTPS until SIGTERM or Ctrl-C.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,7 +9,9 @@ use anyhow::Context;
 use clap::Parser;
 use keelson_server::api::ApiServer;
 use keelson_server::api::auth::Tokens;
+use keelson_server::api::proxy::KubeletClient;
 use keelson_server::pki::{Pki, server_url};
+use keelson_server::scheduler::{Scheduler, SchedulerConfig};
 use keelson_server::server;
 use keelson_server::store::{self, StoreUrl};
 
@@ -29,6 +31,10 @@ pub struct Cli {
     /// Log format on stderr: text or json.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
+    /// Run the built-in scheduler (`--scheduler=false` to leave pods to another one). With
+    /// etcd, replicas elect one active scheduler through the Lease kube-system/keelson-scheduler.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub scheduler: bool,
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -58,13 +64,33 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             tokens,
             url_str.trim_start_matches("https://").to_string(),
         ));
+        api.set_kubelet_client(
+            KubeletClient::from_pki(&pki).context("the client certificate for node agents")?,
+        );
         api.bootstrap()
             .await
             .context("creating the default namespaces")?;
         let listener = server::bind(cli.listen).await?;
+        // Garbage collection by ownerReferences and namespace finalization: every replica
+        // sweeps; their writes are conditional on resourceVersion, so they cannot conflict.
+        let gc = keelson_server::api::gc::spawn(api.clone());
+        let scheduler = cli.scheduler.then(|| {
+            let config = SchedulerConfig {
+                // Only etcd can be shared by several replicas; the embedded store is this
+                // process's alone.
+                leader_elect: matches!(url, StoreUrl::Etcd(_)),
+                ..SchedulerConfig::default()
+            };
+            tracing::info!(identity = %config.identity, leader_elect = config.leader_elect, "starting the scheduler");
+            tokio::spawn(Scheduler::new(api.clone(), config).run())
+        });
         tracing::info!(listen = %cli.listen, data_dir = %cli.data_dir.display(), "serving the kubernetes api");
         server::serve(listener, tls, api, shutdown_signal()).await;
         tracing::info!("shutting down");
+        if let Some(s) = scheduler {
+            s.abort();
+        }
+        gc.abort();
         Ok(())
     })
 }

@@ -1,7 +1,9 @@
 //! API server tests below HTTP: requests go straight to `ApiServer::handle`, on both store
 //! backends (embedded and a one-member etcd the test starts): status codes and `Status`
 //! reasons, generateName and namespace checks, field validation, paging, selectors, watches
-//! (filtered transitions, bookmarks, timeouts, 410 for compacted revisions) and Tables.
+//! (filtered transitions, bookmarks, timeouts, 410 for compacted revisions), Tables,
+//! events.k8s.io/v1 Events, metadata rules, dry runs, garbage collection by ownerReferences
+//! (also across a restart), namespace finalization and server-side apply.
 
 #[path = "../store/support.rs"]
 #[allow(dead_code)]
@@ -260,7 +262,8 @@ async fn crud_and_errors(api: Api) {
             Some(json!({})),
         )
         .await;
-    assert_eq!(r.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    // Server-side apply is served; without a fieldManager it is refused.
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
     // Delete with a stale precondition, then for real.
     let r = api
         .call(
@@ -779,3 +782,866 @@ both_backends!(
     binding_etcd,
     binding_eviction_deletecollection
 );
+
+// ---- Object and verb semantics: events.k8s.io, metadata, dry runs, garbage collection,
+// namespace finalization, server-side apply.
+
+const PODS: &str = "/api/v1/namespaces/default/pods";
+
+fn pod(name: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+        "spec": {"containers": [{"name": "c", "image": "busybox:1.36"}]}})
+}
+
+/// Runs garbage collector passes until one changes nothing.
+async fn settle(api: &Api) {
+    for _ in 0..20 {
+        if !api.api.collect_garbage().await.expect("gc pass") {
+            return;
+        }
+    }
+    panic!("the garbage collector does not settle");
+}
+
+async fn status_of(api: &Api, path: &str) -> StatusCode {
+    api.call(Method::GET, path, None).await.status
+}
+
+fn owned_by(name: &str, owner: &Value, block: bool) -> Value {
+    let mut c = cm(name);
+    c["metadata"]["ownerReferences"] = json!([{"apiVersion": "v1", "kind": "ConfigMap",
+        "name": owner["metadata"]["name"], "uid": owner["metadata"]["uid"],
+        "blockOwnerDeletion": block}]);
+    c
+}
+
+async fn events_both_versions(api: &Api) {
+    let evs = "/api/v1/namespaces/default/events";
+    let v1evs = "/apis/events.k8s.io/v1/namespaces/default/events";
+    let r = api.call(Method::GET, "/apis/events.k8s.io/v1", None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body["resources"][0]["name"], "events");
+    let groups = api.call(Method::GET, "/apis", None).await;
+    assert!(groups.body.to_string().contains("events.k8s.io"));
+    let core = json!({"apiVersion": "v1", "kind": "Event", "metadata": {"name": "web.1"},
+        "involvedObject": {"kind": "Pod", "name": "web", "namespace": "default", "uid": "u1"},
+        "reason": "Scheduled", "message": "assigned default/web to n1", "type": "Normal",
+        "count": 2, "source": {"component": "default-scheduler"},
+        "reportingComponent": "default-scheduler"});
+    let r = api.call(Method::POST, evs, Some(core)).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    // The same object through events.k8s.io/v1.
+    let r = api.call(Method::GET, &format!("{v1evs}/web.1"), None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["apiVersion"], "events.k8s.io/v1");
+    assert_eq!(r.body["note"], "assigned default/web to n1");
+    assert_eq!(r.body["regarding"]["name"], "web");
+    assert_eq!(r.body["reportingController"], "default-scheduler");
+    assert_eq!(r.body["deprecatedCount"], 2);
+    assert_eq!(r.body["deprecatedSource"]["component"], "default-scheduler");
+    // Created through events.k8s.io/v1, read through core.
+    let v1 = json!({"apiVersion": "events.k8s.io/v1", "kind": "Event",
+        "metadata": {"name": "web.2"}, "eventTime": "2025-01-01T00:00:00.000000Z",
+        "regarding": {"kind": "Pod", "name": "web", "namespace": "default", "uid": "u1"},
+        "reason": "Pulled", "note": "image pulled", "type": "Normal", "action": "Pull",
+        "reportingController": "keelson-agent", "reportingInstance": "n1"});
+    let r = api.call(Method::POST, v1evs, Some(v1)).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(r.body["note"], "image pulled");
+    let r = api.call(Method::GET, &format!("{evs}/web.2"), None).await;
+    assert_eq!(r.body["message"], "image pulled");
+    assert_eq!(r.body["involvedObject"]["uid"], "u1");
+    assert_eq!(r.body["reportingComponent"], "keelson-agent");
+    // Field selectors kubectl describe / kubectl events use.
+    for (sel, n) in [
+        (
+            "involvedObject.name%3Dweb%2CinvolvedObject.namespace%3Ddefault%2CinvolvedObject.kind%3DPod%2CinvolvedObject.uid%3Du1",
+            2,
+        ),
+        ("source%3Ddefault-scheduler", 1),
+        ("reportingComponent%3Dkeelson-agent", 1),
+        ("reason%3DPulled%2Ctype%3DNormal", 1),
+        ("involvedObject.name%3Dother", 0),
+    ] {
+        let r = api
+            .call(Method::GET, &format!("{evs}?fieldSelector={sel}"), None)
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{sel}: {}", r.body);
+        assert_eq!(r.body["items"].as_array().unwrap().len(), n, "{sel}");
+    }
+    let r = api
+        .call(
+            Method::GET,
+            &format!(
+                "{v1evs}?fieldSelector=regarding.name%3Dweb%2CreportingController%3Dkeelson-agent"
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["kind"], "EventList");
+    let items = r.body["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0]["note"], "image pulled");
+    // Tables print both versions alike.
+    let table = "application/json;as=Table;v=v1;g=meta.k8s.io";
+    let r = api.call_as(Method::GET, v1evs, "", table, None).await;
+    assert_eq!(r.body["kind"], "Table", "{}", r.body);
+    assert_eq!(r.body["rows"][0]["cells"][3], "pod/web");
+    // Patches and watches work in the v1 shape.
+    let r = api
+        .call(
+            Method::PATCH,
+            &format!("{v1evs}/web.2"),
+            Some(json!({"note": "image pulled again"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["note"], "image pulled again");
+    let r = api.call(Method::GET, &format!("{evs}/web.2"), None).await;
+    assert_eq!(r.body["message"], "image pulled again");
+    let mut w = api.watch(&format!("{v1evs}?watch=1")).await;
+    let ev = w.next_event().await;
+    assert_eq!(ev["object"]["apiVersion"], "events.k8s.io/v1");
+    assert!(ev["object"].get("message").is_none(), "{ev}");
+}
+
+async fn events_v1(api: Api) {
+    events_both_versions(&api).await;
+}
+both_backends!(events_v1_embedded, events_v1_etcd, events_v1);
+
+async fn metadata_semantics(api: Api) {
+    // Generation follows the spec, not labels or status.
+    let r = api.call(Method::POST, PODS, Some(pod("g"))).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(r.body["metadata"]["generation"], 1);
+    let uid = r.body["metadata"]["uid"].as_str().unwrap().to_string();
+    assert!(r.body["metadata"]["creationTimestamp"].is_string());
+    let r = api
+        .call(
+            Method::PATCH,
+            &format!("{PODS}/g"),
+            Some(json!({"metadata": {"labels": {"a": "b"}, "annotations": {"x": "y"}}})),
+        )
+        .await;
+    assert_eq!(r.body["metadata"]["generation"], 1, "{}", r.body);
+    let r = api
+        .call(
+            Method::PATCH,
+            &format!("{PODS}/g/status"),
+            Some(json!({"status": {"phase": "Running"}})),
+        )
+        .await;
+    assert_eq!(r.body["metadata"]["generation"], 1, "{}", r.body);
+    let r = api
+        .call(
+            Method::PATCH,
+            &format!("{PODS}/g"),
+            Some(json!({"spec": {"containers": [{"name": "c", "image": "busybox:1.37"}]}})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["metadata"]["generation"], 2);
+    assert_eq!(r.body["metadata"]["uid"], uid.as_str());
+    // Immutable pod fields and uid.
+    let r = api
+        .call(
+            Method::PATCH,
+            &format!("{PODS}/g"),
+            Some(json!({"spec": {"restartPolicy": "Never"}})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(r.body["details"]["causes"][0]["field"], "spec");
+    let r = api
+        .call(
+            Method::PATCH,
+            &format!("{PODS}/g"),
+            Some(json!({"metadata": {"uid": "00000000-0000-4000-8000-000000000000"}})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.body);
+    assert_eq!(r.body["details"]["causes"][0]["field"], "metadata.uid");
+    // Owner references and finalizers are validated.
+    let mut bad = cm("badowner");
+    bad["metadata"]["ownerReferences"] =
+        json!([{"apiVersion": "v1", "kind": "ConfigMap", "name": "x"}]);
+    let r = api.call(Method::POST, CMS, Some(bad)).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        r.body["message"]
+            .as_str()
+            .unwrap()
+            .contains("uid must not be empty"),
+        "{}",
+        r.body
+    );
+    let mut two = cm("twocontrollers");
+    two["metadata"]["ownerReferences"] = json!([
+        {"apiVersion": "v1", "kind": "ConfigMap", "name": "a", "uid": "1", "controller": true},
+        {"apiVersion": "v1", "kind": "ConfigMap", "name": "b", "uid": "2", "controller": true}]);
+    let r = api.call(Method::POST, CMS, Some(two)).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let mut fin = cm("badfinalizer");
+    fin["metadata"]["finalizers"] = json!(["bad finalizer"]);
+    let r = api.call(Method::POST, CMS, Some(fin)).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let mut fin = cm("plainfinalizer");
+    fin["metadata"]["finalizers"] = json!(["plain"]);
+    let r = api.call(Method::POST, CMS, Some(fin)).await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let warning = r.headers.get("Warning").unwrap().to_str().unwrap();
+    assert!(
+        warning.contains("prefer a domain-qualified finalizer name"),
+        "{warning}"
+    );
+    // No new finalizers once deleting.
+    api.call(Method::DELETE, &format!("{CMS}/plainfinalizer"), None)
+        .await;
+    let r = api
+        .call(
+            Method::PATCH,
+            &format!("{CMS}/plainfinalizer"),
+            Some(json!({"metadata": {"finalizers": ["plain", "example.com/more"]}})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.body);
+    api.call(
+        Method::PATCH,
+        &format!("{CMS}/plainfinalizer"),
+        Some(json!({"metadata": {"finalizers": null}})),
+    )
+    .await;
+    assert_eq!(
+        status_of(&api, &format!("{CMS}/plainfinalizer")).await,
+        StatusCode::NOT_FOUND
+    );
+    // generateName, namespace defaulting and checks.
+    let r = api
+        .call(
+            Method::POST,
+            CMS,
+            Some(json!({"metadata": {"generateName": "gen-"}, "data": {}})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert!(
+        r.body["metadata"]["name"]
+            .as_str()
+            .unwrap()
+            .starts_with("gen-")
+    );
+    assert_eq!(r.body["metadata"]["namespace"], "default");
+    let r = api
+        .call(
+            Method::POST,
+            "/api/v1/namespaces/nowhere/configmaps",
+            Some(cm("x")),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    // New namespaces carry the kubernetes finalizer; default ones cannot be deleted.
+    let r = api
+        .call(
+            Method::POST,
+            "/api/v1/namespaces",
+            Some(json!({"metadata": {"name": "fresh"}})),
+        )
+        .await;
+    assert_eq!(r.body["spec"]["finalizers"], json!(["kubernetes"]));
+    for ns in ["default", "kube-system", "kube-public"] {
+        let r = api
+            .call(Method::DELETE, &format!("/api/v1/namespaces/{ns}"), None)
+            .await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{ns}");
+        assert_eq!(r.body["reason"], "Forbidden");
+        assert!(
+            r.body["message"]
+                .as_str()
+                .unwrap()
+                .contains("this namespace may not be deleted")
+        );
+    }
+}
+both_backends!(metadata_embedded, metadata_etcd, metadata_semantics);
+
+async fn dry_runs(api: Api) {
+    let r = api
+        .call(Method::POST, &format!("{CMS}?dryRun=All"), Some(cm("dry")))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    assert_eq!(r.body["metadata"]["name"], "dry");
+    assert_eq!(
+        status_of(&api, &format!("{CMS}/dry")).await,
+        StatusCode::NOT_FOUND
+    );
+    let r = api
+        .call(Method::POST, &format!("{CMS}?dryRun=Some"), Some(cm("dry")))
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    api.call(Method::POST, CMS, Some(cm("real"))).await;
+    let mut next = cm("real");
+    next["data"]["a"] = json!("changed");
+    let r = api
+        .call(Method::PUT, &format!("{CMS}/real?dryRun=All"), Some(next))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["data"]["a"], "changed");
+    let r = api
+        .call(
+            Method::PATCH,
+            &format!("{CMS}/real?dryRun=All"),
+            Some(json!({"data": {"a": "patched"}})),
+        )
+        .await;
+    assert_eq!(r.body["data"]["a"], "patched");
+    let r = api
+        .call(
+            Method::DELETE,
+            &format!("{CMS}/real"),
+            Some(json!({"dryRun": ["All"]})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let r = api
+        .call(Method::DELETE, &format!("{CMS}?dryRun=All"), None)
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(!r.body["items"].as_array().unwrap().is_empty());
+    let r = api.call(Method::GET, &format!("{CMS}/real"), None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body["data"]["a"], "b");
+    // A graceful dry-run delete shows the deletion timestamp it would set.
+    let mut bound = pod("bound");
+    bound["spec"]["nodeName"] = json!("n1");
+    api.call(Method::POST, PODS, Some(bound)).await;
+    let r = api
+        .call(Method::DELETE, &format!("{PODS}/bound?dryRun=All"), None)
+        .await;
+    assert!(r.body["metadata"]["deletionTimestamp"].is_string());
+    let r = api.call(Method::GET, &format!("{PODS}/bound"), None).await;
+    assert!(r.body["metadata"].get("deletionTimestamp").is_none());
+    // Apply in dry run creates nothing.
+    let r = api
+        .call_as(
+            Method::PATCH,
+            &format!("{CMS}/applied?fieldManager=t&dryRun=All"),
+            "application/apply-patch+yaml",
+            "application/json",
+            Some(cm("applied")),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(
+        status_of(&api, &format!("{CMS}/applied")).await,
+        StatusCode::NOT_FOUND
+    );
+}
+both_backends!(dry_run_embedded, dry_run_etcd, dry_runs);
+
+async fn garbage_collection(api: Api) {
+    // Background (the default): the owner goes at once, its dependents after.
+    let owner = api.call(Method::POST, CMS, Some(cm("owner"))).await.body;
+    let dep = api
+        .call(Method::POST, CMS, Some(owned_by("dep", &owner, false)))
+        .await;
+    assert_eq!(dep.status, StatusCode::CREATED, "{}", dep.body);
+    let r = api
+        .call(Method::DELETE, &format!("{CMS}/owner"), None)
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        status_of(&api, &format!("{CMS}/owner")).await,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(status_of(&api, &format!("{CMS}/dep")).await, StatusCode::OK);
+    settle(&api).await;
+    assert_eq!(
+        status_of(&api, &format!("{CMS}/dep")).await,
+        StatusCode::NOT_FOUND
+    );
+
+    // Orphan: the owner waits on the orphan finalizer; dependents lose the reference.
+    let owner = api.call(Method::POST, CMS, Some(cm("o2"))).await.body;
+    api.call(Method::POST, CMS, Some(owned_by("kept", &owner, true)))
+        .await;
+    let r = api
+        .call(
+            Method::DELETE,
+            &format!("{CMS}/o2"),
+            Some(json!({"propagationPolicy": "Orphan"})),
+        )
+        .await;
+    assert_eq!(
+        r.body["metadata"]["finalizers"],
+        json!(["orphan"]),
+        "{}",
+        r.body
+    );
+    assert!(r.body["metadata"]["deletionTimestamp"].is_string());
+    settle(&api).await;
+    assert_eq!(
+        status_of(&api, &format!("{CMS}/o2")).await,
+        StatusCode::NOT_FOUND
+    );
+    let r = api.call(Method::GET, &format!("{CMS}/kept"), None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(
+        r.body["metadata"].get("ownerReferences").is_none(),
+        "{}",
+        r.body
+    );
+
+    // orphanDependents=true is the old spelling of Orphan.
+    let owner = api.call(Method::POST, CMS, Some(cm("o3"))).await.body;
+    api.call(Method::POST, CMS, Some(owned_by("kept3", &owner, false)))
+        .await;
+    api.call(
+        Method::DELETE,
+        &format!("{CMS}/o3"),
+        Some(json!({"orphanDependents": true})),
+    )
+    .await;
+    settle(&api).await;
+    assert_eq!(
+        status_of(&api, &format!("{CMS}/kept3")).await,
+        StatusCode::OK
+    );
+
+    // Foreground: the owner stays (foregroundDeletion) until its blocking dependents are gone.
+    let owner = api.call(Method::POST, CMS, Some(cm("fg"))).await.body;
+    api.call(Method::POST, CMS, Some(owned_by("blocker", &owner, true)))
+        .await;
+    let mut held = owned_by("held", &owner, true);
+    held["metadata"]["finalizers"] = json!(["example.com/hold"]);
+    api.call(Method::POST, CMS, Some(held)).await;
+    let r = api
+        .call(
+            Method::DELETE,
+            &format!("{CMS}/fg?propagationPolicy=Foreground"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        r.body["metadata"]["finalizers"],
+        json!(["foregroundDeletion"])
+    );
+    settle(&api).await;
+    assert_eq!(
+        status_of(&api, &format!("{CMS}/blocker")).await,
+        StatusCode::NOT_FOUND
+    );
+    // "held" is being deleted but its finalizer keeps it, and so the owner.
+    let r = api.call(Method::GET, &format!("{CMS}/held"), None).await;
+    assert!(r.body["metadata"]["deletionTimestamp"].is_string());
+    let r = api.call(Method::GET, &format!("{CMS}/fg"), None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.body["metadata"]["deletionTimestamp"].is_string());
+    api.call(
+        Method::PATCH,
+        &format!("{CMS}/held"),
+        Some(json!({"metadata": {"finalizers": null}})),
+    )
+    .await;
+    settle(&api).await;
+    assert_eq!(
+        status_of(&api, &format!("{CMS}/fg")).await,
+        StatusCode::NOT_FOUND
+    );
+
+    // A dependent whose owner does not exist (uid mismatch) is collected; one with another
+    // live owner only loses the dangling reference; owners of unserved kinds are kept.
+    let live = api.call(Method::POST, CMS, Some(cm("live"))).await.body;
+    let mut dangling = cm("dangling");
+    dangling["metadata"]["ownerReferences"] = json!([{"apiVersion": "v1", "kind": "ConfigMap",
+        "name": "live", "uid": "00000000-0000-4000-8000-000000000001"}]);
+    api.call(Method::POST, CMS, Some(dangling)).await;
+    let mut mixed = owned_by("mixed", &live, false);
+    mixed["metadata"]["ownerReferences"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"apiVersion": "v1", "kind": "ConfigMap", "name": "gone", "uid": "2"}));
+    api.call(Method::POST, CMS, Some(mixed)).await;
+    let mut foreign = cm("foreign");
+    foreign["metadata"]["ownerReferences"] = json!([{"apiVersion": "apps/v1", "kind": "ReplicaSet",
+        "name": "rs", "uid": "3"}]);
+    api.call(Method::POST, CMS, Some(foreign)).await;
+    settle(&api).await;
+    assert_eq!(
+        status_of(&api, &format!("{CMS}/dangling")).await,
+        StatusCode::NOT_FOUND
+    );
+    let r = api.call(Method::GET, &format!("{CMS}/mixed"), None).await;
+    assert_eq!(
+        r.body["metadata"]["ownerReferences"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1,
+        "{}",
+        r.body
+    );
+    assert_eq!(
+        status_of(&api, &format!("{CMS}/foreign")).await,
+        StatusCode::OK
+    );
+
+    // Pods owned by a deleted owner go too (an unbound pod at once).
+    let owner = api.call(Method::POST, CMS, Some(cm("podowner"))).await.body;
+    let mut p = pod("owned");
+    p["metadata"]["ownerReferences"] =
+        owned_by("x", &owner, true)["metadata"]["ownerReferences"].clone();
+    api.call(Method::POST, PODS, Some(p)).await;
+    // Invalid propagation policies are refused.
+    let r = api
+        .call(
+            Method::DELETE,
+            &format!("{CMS}/podowner"),
+            Some(json!({"propagationPolicy": "Sideways"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    api.call(Method::DELETE, &format!("{CMS}/podowner"), None)
+        .await;
+    settle(&api).await;
+    assert_eq!(
+        status_of(&api, &format!("{PODS}/owned")).await,
+        StatusCode::NOT_FOUND
+    );
+}
+both_backends!(gc_embedded, gc_etcd, garbage_collection);
+
+async fn namespace_deletion(api: Api) {
+    let nsp = "/api/v1/namespaces/doomed";
+    api.call(
+        Method::POST,
+        "/api/v1/namespaces",
+        Some(json!({"metadata": {"name": "doomed"}})),
+    )
+    .await;
+    api.call(Method::POST, &format!("{nsp}/configmaps"), Some(cm("c")))
+        .await;
+    let mut bound = pod("bound");
+    bound["spec"]["nodeName"] = json!("n1");
+    api.call(Method::POST, &format!("{nsp}/pods"), Some(bound))
+        .await;
+    api.call(Method::POST, &format!("{nsp}/pods"), Some(pod("unbound")))
+        .await;
+    let r = api.call(Method::DELETE, nsp, None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["status"]["phase"], "Terminating");
+    // The bound pod terminates gracefully and holds the namespace.
+    let r = api.call(Method::GET, nsp, None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body["status"]["phase"], "Terminating");
+    assert!(r.body["metadata"]["deletionTimestamp"].is_string());
+    assert_eq!(r.body["spec"]["finalizers"], json!(["kubernetes"]));
+    let table = "application/json;as=Table;v=v1;g=meta.k8s.io";
+    let t = api
+        .call_as(Method::GET, "/api/v1/namespaces", "", table, None)
+        .await;
+    assert!(t.body.to_string().contains("Terminating"), "{}", t.body);
+    assert_eq!(
+        status_of(&api, &format!("{nsp}/configmaps/c")).await,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        status_of(&api, &format!("{nsp}/pods/unbound")).await,
+        StatusCode::NOT_FOUND
+    );
+    let r = api
+        .call(Method::GET, &format!("{nsp}/pods/bound"), None)
+        .await;
+    assert!(
+        r.body["metadata"]["deletionTimestamp"].is_string(),
+        "{}",
+        r.body
+    );
+    // No new content while terminating.
+    let r = api
+        .call(Method::POST, &format!("{nsp}/configmaps"), Some(cm("late")))
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+    assert_eq!(r.body["reason"], "Forbidden");
+    assert!(
+        r.body["message"].as_str().unwrap().contains(
+            "unable to create new content in namespace doomed because it is being terminated"
+        ),
+        "{}",
+        r.body
+    );
+    // The agent finishes the pod; the next sweep removes the namespace.
+    api.call(
+        Method::DELETE,
+        &format!("{nsp}/pods/bound"),
+        Some(json!({"gracePeriodSeconds": 0})),
+    )
+    .await;
+    settle(&api).await;
+    assert_eq!(status_of(&api, nsp).await, StatusCode::NOT_FOUND);
+    // The finalize subresource can clear the finalizer by hand.
+    api.call(
+        Method::POST,
+        "/api/v1/namespaces",
+        Some(json!({"metadata": {"name": "manual"}})),
+    )
+    .await;
+    let mut held = cm("held");
+    held["metadata"]["finalizers"] = json!(["example.com/hold"]);
+    api.call(
+        Method::POST,
+        "/api/v1/namespaces/manual/configmaps",
+        Some(held),
+    )
+    .await;
+    api.call(Method::DELETE, "/api/v1/namespaces/manual", None)
+        .await;
+    let mut ns = api
+        .call(Method::GET, "/api/v1/namespaces/manual", None)
+        .await
+        .body;
+    assert_eq!(ns["status"]["phase"], "Terminating");
+    ns["spec"]["finalizers"] = json!([]);
+    let r = api
+        .call(Method::PUT, "/api/v1/namespaces/manual/finalize", Some(ns))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(
+        status_of(&api, "/api/v1/namespaces/manual").await,
+        StatusCode::NOT_FOUND
+    );
+    // A namespace stored without spec.finalizers (by an older server) still takes its
+    // contents with it.
+    api.store
+        .create(
+            "/registry/namespaces/legacy",
+            Bytes::from(
+                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "legacy",
+                    "uid": "00000000-0000-4000-8000-00000000000a"}, "status": {"phase": "Active"}})
+                .to_string(),
+            ),
+        )
+        .await
+        .unwrap();
+    api.call(
+        Method::POST,
+        "/api/v1/namespaces/legacy/configmaps",
+        Some(cm("old")),
+    )
+    .await;
+    let r = api
+        .call(Method::DELETE, "/api/v1/namespaces/legacy", None)
+        .await;
+    assert_eq!(
+        r.body["spec"]["finalizers"],
+        json!(["kubernetes"]),
+        "{}",
+        r.body
+    );
+    assert_eq!(
+        status_of(&api, "/api/v1/namespaces/legacy").await,
+        StatusCode::NOT_FOUND
+    );
+    assert!(
+        api.store
+            .get("/registry/configmaps/legacy/old")
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+both_backends!(namespace_embedded, namespace_etcd, namespace_deletion);
+
+async fn server_side_apply(api: Api) {
+    let apply = |path: String, body: Value| {
+        let api = &api;
+        async move {
+            api.call_as(
+                Method::PATCH,
+                &path,
+                "application/apply-patch+yaml",
+                "application/json",
+                Some(body),
+            )
+            .await
+        }
+    };
+    let mut p = pod("ssa");
+    p["metadata"]["labels"] = json!({"app": "web", "tier": "fe"});
+    let r = apply(
+        format!("{PODS}/ssa?fieldManager=kubectl&force=false"),
+        p.clone(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(r.body["metadata"]["managedFields"][0]["manager"], "kubectl");
+    assert_eq!(r.body["metadata"]["managedFields"][0]["operation"], "Apply");
+    // Someone else adds a label with an ordinary patch.
+    api.call(
+        Method::PATCH,
+        &format!("{PODS}/ssa"),
+        Some(json!({"metadata": {"labels": {"other": "x"}}})),
+    )
+    .await;
+    // Re-apply: a new image, the tier label no longer applied.
+    p["metadata"]["labels"] = json!({"app": "web"});
+    p["spec"]["containers"][0]["image"] = json!("busybox:1.37");
+    let r = apply(format!("{PODS}/ssa?fieldManager=kubectl"), p.clone()).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["spec"]["containers"][0]["image"], "busybox:1.37");
+    assert_eq!(
+        r.body["metadata"]["labels"],
+        json!({"app": "web", "other": "x"})
+    );
+    assert_eq!(r.body["spec"]["restartPolicy"], "Always");
+    assert_eq!(r.body["metadata"]["generation"], 2);
+    // A second manager's fields merge in.
+    let r = apply(
+        format!("{PODS}/ssa?fieldManager=other"),
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "ssa", "annotations": {"note": "hi"}}}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["metadata"]["annotations"]["note"], "hi");
+    assert_eq!(r.body["spec"]["containers"][0]["image"], "busybox:1.37");
+    assert_eq!(
+        r.body["metadata"]["managedFields"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    // Errors: no field manager, a name mismatch, a body that is not JSON, immutable fields.
+    let r = apply(format!("{PODS}/ssa"), p.clone()).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.body);
+    assert!(r.body["message"].as_str().unwrap().contains("fieldManager"));
+    let r = apply(format!("{PODS}/other?fieldManager=kubectl"), p.clone()).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let resp = api
+        .raw(
+            Method::PATCH,
+            &format!("{PODS}/ssa?fieldManager=kubectl"),
+            "application/apply-patch+yaml",
+            "application/json",
+            Some("apiVersion: v1\nkind: Pod\n"),
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    p["spec"]["restartPolicy"] = json!("Never");
+    let r = apply(format!("{PODS}/ssa?fieldManager=kubectl"), p).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.body);
+    // Apply works for namespaced kinds without a spec, and with fieldValidation=Strict.
+    let r = apply(
+        format!("{CMS}/applied?fieldManager=m&fieldValidation=Strict"),
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "applied"}, "data": {"k": "v"}, "bogus": 1}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    let r = apply(
+        format!("{CMS}/applied?fieldManager=m"),
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "applied"}, "data": {"k": "v", "j": "w"}}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let r = apply(
+        format!("{CMS}/applied?fieldManager=m"),
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "applied"}, "data": {"k": "v2"}}),
+    )
+    .await;
+    assert_eq!(r.body["data"], json!({"k": "v2"}), "{}", r.body);
+}
+both_backends!(apply_embedded, apply_etcd, server_side_apply);
+
+/// The collector's work survives a restart: an owner deleted before the server stopped has its
+/// dependents collected once a new server runs the collector, and a namespace marked
+/// terminating (the server died before emptying it) is finished.
+async fn gc_after_restart(mut fx: impl support::Fixture) {
+    let store = fx.store().await;
+    let api = Api::new(store.clone()).await;
+    let owner = api.call(Method::POST, CMS, Some(cm("owner"))).await.body;
+    api.call(Method::POST, CMS, Some(owned_by("dep", &owner, false)))
+        .await;
+    api.call(Method::DELETE, &format!("{CMS}/owner"), None)
+        .await;
+    assert_eq!(status_of(&api, &format!("{CMS}/dep")).await, StatusCode::OK);
+    // A namespace the previous server marked terminating but never emptied.
+    api.call(
+        Method::POST,
+        "/api/v1/namespaces",
+        Some(json!({"metadata": {"name": "half"}})),
+    )
+    .await;
+    api.call(
+        Method::POST,
+        "/api/v1/namespaces/half/configmaps",
+        Some(cm("left")),
+    )
+    .await;
+    let kv = store
+        .get("/registry/namespaces/half")
+        .await
+        .unwrap()
+        .unwrap();
+    let mut ns: Value = serde_json::from_slice(&kv.value).unwrap();
+    ns["metadata"]["deletionTimestamp"] = json!("2025-01-01T00:00:00Z");
+    ns["status"]["phase"] = json!("Terminating");
+    store
+        .update(
+            "/registry/namespaces/half",
+            Bytes::from(ns.to_string()),
+            Some(kv.mod_revision),
+        )
+        .await
+        .unwrap();
+    drop(api);
+    let store = fx.restart(store).await;
+    let api = Arc::new(ApiServer::new(
+        store.clone(),
+        Tokens {
+            admin: TOKEN.into(),
+            node: "node-token".into(),
+        },
+        "127.0.0.1:6443".into(),
+    ));
+    let gc = keelson_server::api::gc::spawn(api.clone());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let dep = store.get("/registry/configmaps/default/dep").await.unwrap();
+        let ns = store.get("/registry/namespaces/half").await.unwrap();
+        let left = store.get("/registry/configmaps/half/left").await.unwrap();
+        if dep.is_none() && ns.is_none() && left.is_none() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "after a restart the collector did not finish: dependent {:?}, namespace {:?}",
+            dep.is_some(),
+            ns.is_some()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The running collector also reacts to new work.
+    let api2 = Api::new(store.clone()).await;
+    let owner = api2.call(Method::POST, CMS, Some(cm("owner2"))).await.body;
+    api2.call(Method::POST, CMS, Some(owned_by("dep2", &owner, false)))
+        .await;
+    api2.call(Method::DELETE, &format!("{CMS}/owner2"), None)
+        .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while status_of(&api2, &format!("{CMS}/dep2")).await != StatusCode::NOT_FOUND {
+        assert!(tokio::time::Instant::now() < deadline, "dep2 not collected");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    gc.abort();
+}
+
+#[tokio::test]
+async fn gc_restart_embedded() {
+    gc_after_restart(support::EmbeddedFixture::new()).await;
+}
+
+#[tokio::test]
+async fn gc_restart_etcd() {
+    gc_after_restart(support::EtcdFixture::new().await).await;
+}
