@@ -1,7 +1,7 @@
 //! `?watch=1`: a chunked stream of JSON watch events (ADDED, MODIFIED, DELETED, BOOKMARK,
 //! ERROR) from a resourceVersion, filtered by the request's selectors.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +13,8 @@ use hyper::{Response, StatusCode};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use super::resources::Resource;
+use super::raw;
+use super::resources::{Kind, Resource};
 use super::status::ApiError;
 use super::table::{self, IncludeObject};
 use super::{Body, Filter, now_secs, to_object_as};
@@ -173,6 +174,9 @@ fn render(
     ev: WatchEvent,
     bookmarks: bool,
 ) -> Result<Option<Bytes>, ApiError> {
+    if !enc.as_table && enc.res.kind != Kind::EventV1 && filter.fields.is_empty() {
+        return render_stored(enc, filter, ev, bookmarks);
+    }
     match ev {
         WatchEvent::Put { kv, prev } => {
             let obj = to_object_as(enc.res, &kv)?;
@@ -195,5 +199,246 @@ fn render(
             Ok(filter.matches(&obj).then(|| enc.event("DELETED", &obj)))
         }
         WatchEvent::Progress { revision } => Ok(bookmarks.then(|| enc.bookmark(revision))),
+    }
+}
+
+/// [`render`] for plain objects served in their stored version and selected by labels at
+/// most: the line is made from the stored bytes and only the labels are read, so a write seen
+/// by a hundred watchers costs a hundred byte splices rather than a hundred JSON trees.
+fn render_stored(
+    enc: &Encoder,
+    filter: &Filter,
+    ev: WatchEvent,
+    bookmarks: bool,
+) -> Result<Option<Bytes>, ApiError> {
+    let selected = |stored: &[u8]| -> Result<bool, ApiError> {
+        Ok(filter.labels.is_empty() || filter.labels.matches(&labels_of(stored)?))
+    };
+    match ev {
+        WatchEvent::Put { kv, prev } => {
+            let now = selected(&kv.value)?;
+            let before = match &prev {
+                Some(p) => selected(&p.value)?,
+                None => false,
+            };
+            let kind = match (before, now) {
+                (false, true) => "ADDED",
+                (true, true) => "MODIFIED",
+                (true, false) => "DELETED",
+                (false, false) => return Ok(None),
+            };
+            stored_line(kind, &kv.value, kv.mod_revision).map(Some)
+        }
+        WatchEvent::Delete { kv, prev } => match prev {
+            Some(prev) if selected(&prev.value)? => {
+                stored_line("DELETED", &prev.value, kv.mod_revision).map(Some)
+            }
+            _ => Ok(None),
+        },
+        WatchEvent::Progress { revision } => Ok(bookmarks.then(|| enc.bookmark(revision))),
+    }
+}
+
+/// `metadata.labels` of a stored object, without reading the rest into memory.
+fn labels_of(stored: &[u8]) -> Result<BTreeMap<String, String>, ApiError> {
+    #[derive(serde::Deserialize)]
+    struct Object {
+        #[serde(default)]
+        metadata: Meta,
+    }
+    #[derive(serde::Deserialize, Default)]
+    struct Meta {
+        #[serde(default)]
+        labels: Option<BTreeMap<String, String>>,
+    }
+    serde_json::from_slice::<Object>(stored)
+        .map(|o| o.metadata.labels.unwrap_or_default())
+        .map_err(|e| ApiError::Internal(format!("stored object's labels are not readable: {e}")))
+}
+
+/// `{"object":<stored object at revision>,"type":KIND}` and a newline.
+fn stored_line(kind: &str, stored: &[u8], revision: i64) -> Result<Bytes, ApiError> {
+    let obj = raw::with_resource_version(stored, revision)
+        .map_err(|e| ApiError::Internal(format!("stored object is corrupt: {e}")))?;
+    let mut out = Vec::with_capacity(obj.len() + 32);
+    out.extend_from_slice(b"{\"object\":");
+    out.extend_from_slice(&obj);
+    out.extend_from_slice(b",\"type\":\"");
+    out.extend_from_slice(kind.as_bytes());
+    out.extend_from_slice(b"\"}\n");
+    Ok(Bytes::from(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::KeyValue;
+
+    fn kv(value: &Value, rev: i64) -> KeyValue {
+        KeyValue {
+            key: "/registry/pods/default/a".into(),
+            value: Bytes::from(value.to_string()),
+            create_revision: 1,
+            mod_revision: rev,
+        }
+    }
+
+    fn pod(labels: Value) -> Value {
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "a", "namespace": "default", "labels": labels}, "spec": {"containers": [{"name": "c", "image": "i"}]}})
+    }
+
+    /// Both renderings of one event, parsed; the stored-bytes path must be taken.
+    fn both(selector: &str, ev: impl Fn() -> WatchEvent) -> (Option<Value>, Option<Value>) {
+        let res = Resource::find("", "v1", "pods").unwrap();
+        let mut q = HashMap::new();
+        q.insert("labelSelector".to_string(), selector.to_string());
+        let filter = Filter::from_query(res, &q).unwrap();
+        let mut enc = Encoder {
+            res,
+            as_table: false,
+            include: IncludeObject::parse(None),
+            sent_columns: false,
+        };
+        let parse = |b: Option<Bytes>| {
+            b.map(|b| {
+                assert!(b.ends_with(b"\n"));
+                serde_json::from_slice::<Value>(&b).unwrap()
+            })
+        };
+        let fast = parse(render_stored(&enc, &filter, ev(), false).unwrap());
+        // The tree path, as a watch with a field selector (none here) would take it.
+        let tree = parse(match ev() {
+            WatchEvent::Put { kv, prev } => {
+                let obj = to_object_as(res, &kv).unwrap();
+                let now = filter.matches(&obj);
+                let before = prev
+                    .as_ref()
+                    .is_some_and(|p| filter.matches(&to_object_as(res, p).unwrap()));
+                match (before, now) {
+                    (false, true) => Some(enc.event("ADDED", &obj)),
+                    (true, true) => Some(enc.event("MODIFIED", &obj)),
+                    (true, false) => Some(enc.event("DELETED", &obj)),
+                    (false, false) => None,
+                }
+            }
+            other => render(&mut enc, &filter, other, false).unwrap(),
+        });
+        (fast, tree)
+    }
+
+    #[test]
+    fn stored_bytes_render_like_trees() {
+        let a = pod(json!({"app": "a"}));
+        let b = pod(json!({"app": "b"}));
+        let cases: Vec<(&str, WatchEvent, Option<&str>)> = vec![
+            (
+                "",
+                WatchEvent::Put {
+                    kv: kv(&a, 5),
+                    prev: None,
+                },
+                Some("ADDED"),
+            ),
+            (
+                "",
+                WatchEvent::Put {
+                    kv: kv(&a, 6),
+                    prev: Some(kv(&a, 5)),
+                },
+                Some("MODIFIED"),
+            ),
+            (
+                "app=a",
+                WatchEvent::Put {
+                    kv: kv(&b, 7),
+                    prev: Some(kv(&a, 6)),
+                },
+                Some("DELETED"),
+            ),
+            (
+                "app=a",
+                WatchEvent::Put {
+                    kv: kv(&a, 8),
+                    prev: Some(kv(&b, 7)),
+                },
+                Some("ADDED"),
+            ),
+            (
+                "app=a",
+                WatchEvent::Put {
+                    kv: kv(&b, 9),
+                    prev: Some(kv(&b, 8)),
+                },
+                None,
+            ),
+            (
+                "app in (a,b)",
+                WatchEvent::Put {
+                    kv: kv(&b, 9),
+                    prev: Some(kv(&a, 8)),
+                },
+                Some("MODIFIED"),
+            ),
+            (
+                "",
+                WatchEvent::Delete {
+                    kv: KeyValue {
+                        value: Bytes::new(),
+                        ..kv(&a, 10)
+                    },
+                    prev: Some(kv(&a, 9)),
+                },
+                Some("DELETED"),
+            ),
+            (
+                "app=b",
+                WatchEvent::Delete {
+                    kv: KeyValue {
+                        value: Bytes::new(),
+                        ..kv(&a, 10)
+                    },
+                    prev: Some(kv(&a, 9)),
+                },
+                None,
+            ),
+        ];
+        for (selector, ev, want) in cases {
+            let rev = match &ev {
+                WatchEvent::Put { kv, .. } | WatchEvent::Delete { kv, .. } => kv.mod_revision,
+                WatchEvent::Progress { revision } => *revision,
+            };
+            let (fast, tree) = both(selector, || ev.clone());
+            assert_eq!(fast, tree, "selector {selector:?}");
+            match want {
+                Some(kind) => {
+                    let fast = fast.unwrap();
+                    assert_eq!(fast["type"], kind);
+                    assert_eq!(
+                        fast["object"]["metadata"]["resourceVersion"],
+                        rev.to_string()
+                    );
+                }
+                None => assert!(fast.is_none()),
+            }
+        }
+    }
+
+    #[test]
+    fn labels_are_read_without_the_rest() {
+        let v = pod(json!({"x": "1"}));
+        assert_eq!(
+            labels_of(v.to_string().as_bytes())
+                .unwrap()
+                .get("x")
+                .unwrap(),
+            "1"
+        );
+        assert!(labels_of(br#"{"kind":"Pod"}"#).unwrap().is_empty());
+        assert!(
+            labels_of(br#"{"metadata":{"labels":null}}"#)
+                .unwrap()
+                .is_empty()
+        );
+        assert!(labels_of(b"not json").is_err());
     }
 }
