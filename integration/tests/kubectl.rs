@@ -445,7 +445,19 @@ fn pods_tables_status_and_invalid_manifests() {
     let header: Vec<&str> = wide.lines().next().unwrap().split_whitespace().collect();
     assert_eq!(
         header,
-        ["NAME", "READY", "STATUS", "RESTARTS", "AGE", "IP", "NODE"]
+        [
+            "NAME",
+            "READY",
+            "STATUS",
+            "RESTARTS",
+            "AGE",
+            "IP",
+            "NODE",
+            "NOMINATED",
+            "NODE",
+            "READINESS",
+            "GATES"
+        ]
     );
     let row = wide.lines().nth(1).unwrap();
     assert!(
@@ -1384,6 +1396,27 @@ fn new_user_walkthrough(s: &Server) {
     });
     let wide = s.ok(&["get", "pods", "-o", "wide"]);
     let row = wide.lines().find(|l| l.starts_with("web ")).unwrap_or("");
+    assert!(
+        wide.lines()
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            == [
+                "NAME",
+                "READY",
+                "STATUS",
+                "RESTARTS",
+                "AGE",
+                "IP",
+                "NODE",
+                "NOMINATED",
+                "NODE",
+                "READINESS",
+                "GATES"
+            ],
+        "{wide}"
+    );
     let cells: Vec<&str> = row.split_whitespace().collect();
     assert!(
         cells.get(2) == Some(&"Pending") && cells.get(6) == Some(&"n1"),

@@ -77,6 +77,20 @@ pub fn columns(kind: Kind) -> Vec<Value> {
                 "Name of the Node this pod is bound to.",
                 1,
             ),
+            col(
+                "Nominated Node",
+                "string",
+                "",
+                "Name of the Node where the pod may run once preemption finishes.",
+                1,
+            ),
+            col(
+                "Readiness Gates",
+                "string",
+                "",
+                "Readiness gates of the pod that are satisfied, of all it has.",
+                1,
+            ),
         ],
         Kind::Namespace => vec![
             name,
@@ -294,6 +308,32 @@ fn count(v: Option<&Value>) -> usize {
 }
 
 /// The pod STATUS column, as kubectl's printer computes it.
+/// `<none>` without readiness gates, else how many of them have a True condition, of all.
+fn readiness_gates(pod: &Value) -> String {
+    let gates = pod
+        .pointer("/spec/readinessGates")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    if gates.is_empty() {
+        return "<none>".into();
+    }
+    let conditions = pod
+        .pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let met = gates
+        .iter()
+        .filter(|g| {
+            conditions
+                .iter()
+                .any(|c| c["type"] == g["conditionType"] && c["status"] == "True")
+        })
+        .count();
+    format!("{met}/{}", gates.len())
+}
+
 fn pod_status(pod: &Value) -> String {
     let mut reason = pod
         .pointer("/status/reason")
@@ -427,6 +467,8 @@ pub fn cells(kind: Kind, obj: &Value, now: i64) -> Vec<Value> {
                 age,
                 json!(str_or_none(obj.pointer("/status/podIP"))),
                 json!(str_or_none(obj.pointer("/spec/nodeName"))),
+                json!(str_or_none(obj.pointer("/status/nominatedNodeName"))),
+                json!(readiness_gates(obj)),
             ]
         }
         Kind::Namespace => vec![
@@ -686,11 +728,23 @@ mod tests {
                 json!("3"),
                 json!("30s"),
                 json!("10.0.0.5"),
-                json!("n1")
+                json!("n1"),
+                json!("<none>"),
+                json!("<none>")
             ]
         );
         assert_eq!(columns(Kind::Pod).len(), c.len());
         assert_eq!(columns(Kind::Pod)[5]["priority"], 1);
+        assert_eq!(columns(Kind::Pod)[8]["priority"], 1);
+        let mut gated = pod.clone();
+        gated["spec"]["readinessGates"] =
+            json!([{"conditionType": "x/a"}, {"conditionType": "x/b"}]);
+        gated["status"]["conditions"] =
+            json!([{"type": "x/a", "status": "True"}, {"type": "x/b", "status": "False"}]);
+        gated["status"]["nominatedNodeName"] = json!("n2");
+        let c = cells(Kind::Pod, &gated, now);
+        assert_eq!(c[7], json!("n2"));
+        assert_eq!(c[8], json!("1/2"));
     }
 
     #[test]
