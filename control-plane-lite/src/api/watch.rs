@@ -94,17 +94,27 @@ pub(super) async fn watch(
             })?),
         };
     let store_err = |e: StoreError| ApiError::from_store(e, &res.qualified(), "");
-    // Without a resourceVersion (or "0"), the watch starts with the current objects.
-    let mut initial = Vec::new();
+    let mut enc = Encoder {
+        res,
+        as_table,
+        include,
+        sent_columns: false,
+    };
+    // Without a resourceVersion (or "0"), the watch starts with the current objects, as event
+    // lines made page by page (from the stored bytes when no tree is needed).
+    let mut initial: Vec<Bytes> = Vec::new();
     let from = match q.get("resourceVersion").map(String::as_str) {
         None | Some("") | Some("0") => {
             let mut cont = None;
             loop {
                 let page = store.list(&prefix, 500, cont).await.map_err(store_err)?;
                 for kv in &page.items {
-                    let obj = to_object_as(res, kv)?;
-                    if filter.matches(&obj) {
-                        initial.push(obj);
+                    let ev = WatchEvent::Put {
+                        kv: kv.clone(),
+                        prev: None,
+                    };
+                    if let Some(line) = render(&mut enc, &filter, ev, false)? {
+                        initial.push(line);
                     }
                 }
                 cont = page.continuation();
@@ -117,17 +127,11 @@ pub(super) async fn watch(
     };
     let mut stream = store.watch(&prefix, from).await.map_err(store_err)?;
     let (tx, rx) = mpsc::channel::<Bytes>(BUFFER);
-    let mut enc = Encoder {
-        res,
-        as_table,
-        include,
-        sent_columns: false,
-    };
     tokio::spawn(async move {
         let deadline = tokio::time::sleep(timeout);
         tokio::pin!(deadline);
-        for obj in &initial {
-            if tx.send(enc.event("ADDED", obj)).await.is_err() {
+        for line in initial {
+            if tx.send(line).await.is_err() {
                 return;
             }
         }
