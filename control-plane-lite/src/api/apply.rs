@@ -242,6 +242,9 @@ impl ApiServer {
         for attempt in 0..6 {
             let (kv, cur) = match self.current(t).await {
                 Ok(c) => c,
+                // Applying to a subresource (`pods/x/status`) of a missing object creates
+                // nothing: the object has to exist.
+                Err(e @ ApiError::NotFound { .. }) if t.sub.is_some() => return Err(e),
                 Err(ApiError::NotFound { .. }) => {
                     let managed = json!([entry(&manager, &api_version, &set)]);
                     match self
@@ -268,7 +271,7 @@ impl ApiServer {
                 remove_unapplied(&mut doc, prev, &set, "");
             }
             smp::apply(&mut doc, &config).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-            let (mut obj, warnings) = self.prepare_update(t, &cur, doc, fv)?;
+            let (mut obj, warnings) = self.prepare_update(t, &cur, doc, fv).await?;
             managed.retain(|e| !is_own(e, &manager));
             managed.push(entry(&manager, &api_version, &set));
             meta_mut(&mut obj).insert("managedFields".into(), json!(managed));

@@ -18,8 +18,19 @@
 //!   The first request for a node name records a salted SHA-256 of the password in the
 //!   Secret `kube-system/<node-name>.node-password.keelson`; later requests for that name must
 //!   present the same password or get 401, so a second agent holding the node token cannot
-//!   take over an existing node name (the way k3s binds node passwords). Deleting that
-//!   Secret frees the name for a re-installed node.
+//!   take over an existing node name (the way k3s binds node passwords).
+//!
+//!   A name is bound on first use only when neither its record nor a Node of that name
+//!   exists: a Node that registered with a client certificate (or predates the password
+//!   records) has no record, and binding it to whoever holds the node token first would hand
+//!   that node over (401, logged as "node \"n1\" exists without a password record"). To let
+//!   a re-installed node register with the node token, delete its Node and its record.
+//!
+//!   First-use bindings are rate limited: when [`NEW_NODE_NAMES_PER_MINUTE`] records were
+//!   made in the last minute (their `creationTimestamp`, so the limit holds across replicas
+//!   sharing a store), a new name gets 503 until the minute has passed, so a holder of the
+//!   node token cannot fill the store with records for made-up names. Bindings of one
+//!   server process are serialized, which makes the limit exact for one replica.
 //!
 //! The node token alone (`Authorization: Bearer <node-token>`) still authenticates, as the
 //! bootstrap user `system:bootstrap:keelson-node` (group `system:bootstrappers`), which may
@@ -49,6 +60,11 @@ pub const BOOTSTRAPPERS_GROUP: &str = "system:bootstrappers";
 pub const NODE_PASSWORD_NAMESPACE: &str = "kube-system";
 const NODE_PASSWORD_SUFFIX: &str = ".node-password.keelson";
 const NODE_PASSWORD_TYPE: &str = "keelson.io/node-password";
+/// At most this many node names are bound to a password in any minute.
+pub const NEW_NODE_NAMES_PER_MINUTE: usize = 10;
+
+/// Serializes first-use bindings (the rate limit's count and the record's creation).
+static FIRST_USE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// An authenticated caller.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -134,6 +150,14 @@ pub enum NodePasswordError {
     Mismatch { node: String },
     #[error("the password record of node {node:?} is corrupt")]
     Corrupt { node: String },
+    #[error(
+        "node {node:?} exists without a password record: delete the node to register its name with the node token, or authenticate with its client certificate"
+    )]
+    Unrecorded { node: String },
+    #[error(
+        "{limit} node names were registered with the node token in the last minute: retry registering node {node:?} later"
+    )]
+    TooManyNew { node: String, limit: usize },
     #[error("recording the password of node {node:?}: {source}")]
     Store { node: String, source: ApiError },
 }
@@ -251,11 +275,16 @@ impl ApiServer {
                 match self.check_node_password(&name, &password).await {
                     Ok(()) => Ok(Some(User::node(&name))),
                     Err(
-                        e
-                        @ (NodePasswordError::Mismatch { .. } | NodePasswordError::Corrupt { .. }),
+                        e @ (NodePasswordError::Mismatch { .. }
+                        | NodePasswordError::Corrupt { .. }
+                        | NodePasswordError::Unrecorded { .. }),
                     ) => {
                         tracing::warn!(error = %e, "node credentials refused");
                         Ok(None)
+                    }
+                    Err(e @ NodePasswordError::TooManyNew { .. }) => {
+                        tracing::warn!(error = %e, "node name not bound");
+                        Err(ApiError::Unavailable(e.to_string()))
                     }
                     Err(e) => Err(ApiError::Unavailable(e.to_string())),
                 }
@@ -263,7 +292,8 @@ impl ApiServer {
         }
     }
 
-    /// Checks `password` against node `node`'s record, making the record on first use.
+    /// Checks `password` against node `node`'s record, making the record on first use: only
+    /// when no Node `node` exists, and at most [`NEW_NODE_NAMES_PER_MINUTE`] a minute.
     async fn check_node_password(
         &self,
         node: &str,
@@ -304,6 +334,19 @@ impl ApiServer {
                     }),
                 };
             }
+            if self.has_node_object(node).await.map_err(store_err)? {
+                return Err(NodePasswordError::Unrecorded {
+                    node: node.to_string(),
+                });
+            }
+            let _serialized = FIRST_USE.lock().await;
+            let recent = self.recent_bindings().await.map_err(store_err)?;
+            if recent >= NEW_NODE_NAMES_PER_MINUTE {
+                return Err(NodePasswordError::TooManyNew {
+                    node: node.to_string(),
+                    limit: NEW_NODE_NAMES_PER_MINUTE,
+                });
+            }
             let salt = crate::pki::random_token()[..32].to_string();
             let hash = password_hash(&salt, password);
             let body = json!({
@@ -337,6 +380,57 @@ impl ApiServer {
             node: node.to_string(),
         })
     }
+
+    /// Whether the Node `node` exists.
+    async fn has_node_object(&self, node: &str) -> Result<bool, ApiError> {
+        let res = Resource::find("", "v1", "nodes").expect("nodes are served");
+        let found = self
+            .store
+            .get(&res.key(None, node))
+            .await
+            .map_err(|e| ApiError::from_store(e, "nodes", node))?;
+        Ok(found.is_some())
+    }
+
+    /// How many password records were made in the last minute.
+    async fn recent_bindings(&self) -> Result<usize, ApiError> {
+        let res = Resource::find("", "v1", "secrets").expect("secrets are served");
+        let prefix = res.prefix(Some(NODE_PASSWORD_NAMESPACE));
+        let now = super::object::unix_now();
+        let mut count = 0;
+        let mut cont = None;
+        loop {
+            let page = self
+                .store
+                .list(&prefix, 500, cont)
+                .await
+                .map_err(|e| ApiError::from_store(e, "secrets", ""))?;
+            for kv in &page.items {
+                if !kv.key.ends_with(NODE_PASSWORD_SUFFIX) {
+                    continue;
+                }
+                if let Ok(obj) = serde_json::from_slice::<Value>(&kv.value)
+                    && bound_recently(&obj, now)
+                {
+                    count += 1;
+                }
+            }
+            match page.continuation() {
+                Some(c) => cont = Some(c),
+                None => return Ok(count),
+            }
+        }
+    }
+}
+
+/// Whether `obj` is a node password record made less than a minute before `now` (Unix
+/// seconds).
+fn bound_recently(obj: &Value, now: i64) -> bool {
+    obj["type"].as_str() == Some(NODE_PASSWORD_TYPE)
+        && obj["metadata"]["creationTimestamp"]
+            .as_str()
+            .and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok())
+            .is_some_and(|t| now - t.as_second() < 60)
 }
 
 #[cfg(test)]
@@ -410,6 +504,53 @@ mod tests {
         assert_eq!(password_matches(&h, PW), Some(true));
         assert_eq!(password_matches(&h, "another-password-x"), Some(false));
         assert_eq!(password_matches("md5:x", PW), None);
+    }
+
+    #[test]
+    fn recent_bindings_are_password_records_of_the_last_minute() {
+        let record = |ty: &str, at: &str| json!({"type": ty, "metadata": {"name": "n1.node-password.keelson", "creationTimestamp": at}});
+        let now = 1_767_225_600; // 2026-01-01T00:00:00Z
+        assert!(bound_recently(
+            &record(NODE_PASSWORD_TYPE, "2026-01-01T00:00:00Z"),
+            now
+        ));
+        assert!(bound_recently(
+            &record(NODE_PASSWORD_TYPE, "2025-12-31T23:59:01Z"),
+            now
+        ));
+        assert!(!bound_recently(
+            &record(NODE_PASSWORD_TYPE, "2025-12-31T23:59:00Z"),
+            now
+        ));
+        assert!(!bound_recently(
+            &record("Opaque", "2026-01-01T00:00:00Z"),
+            now
+        ));
+        assert!(!bound_recently(
+            &record(NODE_PASSWORD_TYPE, "yesterday"),
+            now
+        ));
+        assert!(!bound_recently(&json!({"type": NODE_PASSWORD_TYPE}), now));
+    }
+
+    #[test]
+    fn refusals_name_the_node_and_the_way_out() {
+        let e = NodePasswordError::Unrecorded { node: "n1".into() };
+        assert!(
+            e.to_string()
+                .starts_with(r#"node "n1" exists without a password record: delete the node"#),
+            "{e}"
+        );
+        let e = NodePasswordError::TooManyNew {
+            node: "n9".into(),
+            limit: NEW_NODE_NAMES_PER_MINUTE,
+        };
+        assert_eq!(
+            e.to_string(),
+            format!(
+                r#"{NEW_NODE_NAMES_PER_MINUTE} node names were registered with the node token in the last minute: retry registering node "n9" later"#
+            )
+        );
     }
 
     #[test]

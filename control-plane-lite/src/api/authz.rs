@@ -12,14 +12,20 @@
 //!   - create/update/patch/delete its own Node (and `nodes/status`);
 //!   - create/get/update/patch its own Lease `kube-node-lease/<node>`;
 //!   - update/patch `pods/status` and delete pods whose `spec.nodeName` is itself;
-//!   - create mirror pods (annotation `kubernetes.io/config.mirror`) bound to itself;
+//!   - create mirror pods (annotation `kubernetes.io/config.mirror`) bound to itself that,
+//!     like NodeRestriction demands, reference no secrets, configmaps, service account
+//!     (`serviceAccountName`, projected service account tokens), cluster trust bundles,
+//!     persistentvolumeclaims (or ephemeral volumes) or resource claims, and whose owner
+//!     references are none or a single controller reference to its own Node (with that
+//!     Node's uid); mirror pods never count as referencing anything for the reads above;
 //!   - create/patch events;
 //!   - nothing else (no logs, exec, proxy, bindings, other writes).
 //! - The node-token bootstrap user (`system:bootstrappers`): the node reads of the first
 //!   item above, nothing more.
 //! - Every other authenticated user (client certificates without those groups): read-only,
 //!   like Kubernetes' `view` role bound to everyone: get/list/watch of every kind but
-//!   secrets, and `pods/log`; no writes, exec, attach, port-forward or nodes/proxy.
+//!   secrets, and `pods/log` (GET only: another method on it is a write, refused); no writes,
+//!   exec, attach, port-forward or nodes/proxy.
 //!
 //! Discovery, `/version`, `/openapi` and health endpoints are not authorized here: every
 //! authenticated user may read them.
@@ -100,7 +106,8 @@ impl Attributes<'_> {
 /// The Kubernetes verb of a request.
 pub(super) fn verb(method: &Method, t: &Target, q: &HashMap<String, String>) -> &'static str {
     match t.sub.as_deref() {
-        Some("log") => return "get",
+        // Other methods on pods/log are what they say (create, update, ...): only masters.
+        Some("log") if matches!(*method, Method::GET | Method::HEAD) => return "get",
         Some("exec" | "attach" | "portforward") => return "create",
         _ => {}
     }
@@ -195,6 +202,148 @@ pub fn pod_references(pod: &Value, kind: Kind) -> Vec<String> {
         }
     }
     out
+}
+
+/// Whether `pod` is a mirror pod (annotation [`MIRROR_ANNOTATION`]).
+pub fn is_mirror_pod(pod: &Value) -> bool {
+    pod["metadata"]["annotations"]
+        .get(MIRROR_ANNOTATION)
+        .is_some()
+}
+
+/// Secrets named by in-tree volume sources `pod_references` leaves out (Kubernetes'
+/// `VisitPodSecretNames` visits them too).
+fn in_tree_volume_secrets(pod: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    for v in pod["spec"]["volumes"].as_array().into_iter().flatten() {
+        let names = [
+            &v["azureFile"]["secretName"],
+            &v["cephfs"]["secretRef"]["name"],
+            &v["cinder"]["secretRef"]["name"],
+            &v["flexVolume"]["secretRef"]["name"],
+            &v["iscsi"]["secretRef"]["name"],
+            &v["rbd"]["secretRef"]["name"],
+            &v["scaleIO"]["secretRef"]["name"],
+            &v["storageos"]["secretRef"]["name"],
+        ];
+        out.extend(
+            names
+                .into_iter()
+                .filter_map(Value::as_str)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string),
+        );
+    }
+    out
+}
+
+/// Why node `node` may not create the mirror pod `pod`, if it may not: NodeRestriction's
+/// rules for mirror pods (the annotation and `spec.nodeName` are checked before).
+/// The owner reference's uid is checked against the Node by the caller.
+pub fn mirror_pod_refusal(pod: &Value, node: &str) -> Option<String> {
+    let spec = &pod["spec"];
+    let cannot = |what: String| {
+        Some(format!(
+            "node {node:?} cannot create a mirror pod that {what}"
+        ))
+    };
+    let owners = pod["metadata"]["ownerReferences"]
+        .as_array()
+        .map_or(&[][..], Vec::as_slice);
+    match owners {
+        [] => {}
+        [o] => {
+            let own_node = o["apiVersion"].as_str() == Some("v1")
+                && o["kind"].as_str() == Some("Node")
+                && o["name"].as_str() == Some(node);
+            if !own_node || o["controller"].as_bool() != Some(true) {
+                return cannot(format!(
+                    "has an owner reference other than a controller reference to its own Node {node:?}"
+                ));
+            }
+            if o["blockOwnerDeletion"].as_bool() == Some(true) {
+                return cannot("sets blockOwnerDeletion on its owner reference".into());
+            }
+        }
+        _ => return cannot("has more than one owner reference".into()),
+    }
+    let sa = spec["serviceAccountName"]
+        .as_str()
+        .filter(|s| !s.is_empty())
+        .or_else(|| spec["serviceAccount"].as_str().filter(|s| !s.is_empty()));
+    if let Some(sa) = sa {
+        return cannot(format!("references service account {sa:?}"));
+    }
+    let volumes = spec["volumes"].as_array().map_or(&[][..], Vec::as_slice);
+    let named = |v: &Value| format!("{:?}", v["name"].as_str().unwrap_or_default());
+    let mut secrets = pod_references(pod, Kind::Secret);
+    secrets.extend(in_tree_volume_secrets(pod));
+    // A source without a name references a secret all the same.
+    if secrets.is_empty()
+        && let Some(v) = volumes.iter().find(|v| v["secret"].is_object())
+    {
+        return cannot(format!("references a secret (volume {})", named(v)));
+    }
+    if !secrets.is_empty() {
+        secrets.sort();
+        secrets.dedup();
+        return cannot(format!("references secrets {secrets:?}"));
+    }
+    let mut configmaps = pod_references(pod, Kind::ConfigMap);
+    if configmaps.is_empty()
+        && let Some(v) = volumes.iter().find(|v| v["configMap"].is_object())
+    {
+        return cannot(format!("references a configmap (volume {})", named(v)));
+    }
+    if !configmaps.is_empty() {
+        configmaps.sort();
+        configmaps.dedup();
+        return cannot(format!("references configmaps {configmaps:?}"));
+    }
+    for v in volumes {
+        if let Some(claim) = v.get("persistentVolumeClaim") {
+            return cannot(format!(
+                "references persistentvolumeclaim {:?} (volume {})",
+                claim["claimName"].as_str().unwrap_or_default(),
+                named(v)
+            ));
+        }
+        if v.get("ephemeral").is_some() {
+            return cannot(format!(
+                "references a persistentvolumeclaim (ephemeral volume {})",
+                named(v)
+            ));
+        }
+        for src in v["projected"]["sources"].as_array().into_iter().flatten() {
+            if src.get("serviceAccountToken").is_some() {
+                return cannot(format!(
+                    "references a service account token (projected volume {})",
+                    named(v)
+                ));
+            }
+            if src.get("clusterTrustBundle").is_some() {
+                return cannot(format!(
+                    "references a cluster trust bundle (projected volume {})",
+                    named(v)
+                ));
+            }
+            // Unnamed secret or configMap sources (named ones are caught above).
+            for kind in ["secret", "configMap"] {
+                if src.get(kind).is_some() {
+                    return cannot(format!(
+                        "references a {} (projected volume {})",
+                        kind.to_lowercase(),
+                        named(v)
+                    ));
+                }
+            }
+        }
+    }
+    if let Some(claims) = spec["resourceClaims"].as_array().filter(|c| !c.is_empty()) {
+        let names: Vec<&str> = claims.iter().filter_map(|c| c["name"].as_str()).collect();
+        return cannot(format!("references resource claims {names:?}"));
+    }
+    None
 }
 
 impl ApiServer {
@@ -355,21 +504,49 @@ impl ApiServer {
             (Kind::Pod, "delete") if sub.is_none() => self.pod_bound_to(node, t, "delete").await,
             (Kind::Pod, "create") if sub.is_none() => {
                 let pod = body.unwrap_or(&Value::Null);
-                let mirror = pod["metadata"]["annotations"]
-                    .get(MIRROR_ANNOTATION)
-                    .is_some();
                 let bound = pod["spec"]["nodeName"].as_str() == Some(node);
-                if mirror && bound {
-                    Ok(Ok(()))
-                } else {
-                    deny(format!(
+                if !is_mirror_pod(pod) || !bound {
+                    return deny(format!(
                         "node {node:?} may only create mirror pods (annotation {MIRROR_ANNOTATION}) bound to itself"
-                    ))
+                    ));
                 }
+                if let Some(why) = mirror_pod_refusal(pod, node) {
+                    return deny(why);
+                }
+                self.owner_is_this_node(node, pod).await
             }
             // Core and events.k8s.io Events alike.
             (_, "create" | "patch") if t.res.plural == "events" && sub.is_none() => Ok(Ok(())),
             _ => Ok(Err(None)),
+        }
+    }
+
+    /// Ok if the mirror pod `pod` has no owner reference or one with the uid of the Node
+    /// `node` (the rest of the reference is checked by [`mirror_pod_refusal`]); NotFound if
+    /// it has one and the Node does not exist, as NodeRestriction answers.
+    async fn owner_is_this_node(
+        &self,
+        node: &str,
+        pod: &Value,
+    ) -> Result<Result<(), Option<String>>, ApiError> {
+        let Some(owner) = pod["metadata"]["ownerReferences"].get(0) else {
+            return Ok(Ok(()));
+        };
+        let t = Target {
+            res: Resource::find("", "v1", "nodes").expect("nodes are served"),
+            namespace: None,
+            name: Some(node.to_string()),
+            sub: None,
+        };
+        let (_, current) = self.current(&t).await?;
+        let uid = current["metadata"]["uid"].as_str().unwrap_or_default();
+        let claimed = owner["uid"].as_str().unwrap_or_default();
+        if !uid.is_empty() && claimed == uid {
+            Ok(Ok(()))
+        } else {
+            Ok(Err(Some(format!(
+                "node {node:?} cannot create a mirror pod whose owner reference has uid {claimed:?}: its Node has uid {uid:?}"
+            ))))
         }
     }
 
@@ -396,7 +573,10 @@ impl ApiServer {
         ))))
     }
 
-    /// Whether a pod in `ns` bound to `node` references the `kind` object `name`.
+    /// Whether a pod in `ns` bound to `node` references the `kind` object `name`. Mirror pods
+    /// do not count (a node creates them itself), as in Kubernetes' Node authorizer. Pods whose
+    /// stored bytes lack `"nodeName":"<node>"` are skipped before they are parsed: objects are
+    /// stored as compact JSON (`to_stored`).
     async fn referenced(
         &self,
         node: &str,
@@ -406,6 +586,7 @@ impl ApiServer {
     ) -> Result<bool, ApiError> {
         let pods = Resource::find("", "v1", "pods").expect("pods are served");
         let prefix = pods.prefix(Some(ns));
+        let needle = node_name_needle(node);
         let mut cont = None;
         loop {
             let page = self
@@ -414,10 +595,14 @@ impl ApiServer {
                 .await
                 .map_err(|e| ApiError::from_store(e, "pods", ""))?;
             for kv in &page.items {
+                if !contains(&kv.value, needle.as_bytes()) {
+                    continue;
+                }
                 let Ok(pod) = serde_json::from_slice::<Value>(&kv.value) else {
                     continue;
                 };
                 if pod["spec"]["nodeName"].as_str() == Some(node)
+                    && !is_mirror_pod(&pod)
                     && pod_references(&pod, kind).iter().any(|r| r == name)
                 {
                     return Ok(true);
@@ -429,6 +614,15 @@ impl ApiServer {
             }
         }
     }
+}
+
+/// `"nodeName":"<node>"` as compact JSON writes it (the node's name escaped like any string).
+fn node_name_needle(node: &str) -> String {
+    format!("\"nodeName\":{}", Value::from(node))
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    needle.is_empty() || haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 #[cfg(test)]
@@ -504,6 +698,192 @@ mod tests {
             a.forbidden(&User::node("n1"), None).to_string(),
             r#"leases.coordination.k8s.io is forbidden: User "system:node:n1" cannot list resource "leases" in API group "coordination.k8s.io" in the namespace "kube-node-lease""#
         );
+    }
+
+    fn mirror(spec: Value) -> Value {
+        json!({"metadata": {"name": "m", "annotations": {MIRROR_ANNOTATION: "hash"}}, "spec": spec})
+    }
+
+    #[test]
+    fn mirror_pods_may_not_reference_other_objects() {
+        let c = json!([{"name": "c", "image": "busybox"}]);
+        let refused = |spec: Value| {
+            let mut spec = spec;
+            spec["nodeName"] = json!("n1");
+            if spec.get("containers").is_none() {
+                spec["containers"] = c.clone();
+            }
+            mirror_pod_refusal(&mirror(spec), "n1").expect("refused")
+        };
+        assert_eq!(
+            mirror_pod_refusal(&mirror(json!({"containers": c})), "n1"),
+            None
+        );
+        let plain = json!({"volumes": [{"name": "d", "emptyDir": {}}, {"name": "h", "hostPath": {"path": "/x"}},
+            {"name": "p", "projected": {"sources": [{"downwardAPI": {"items": []}}]}}]});
+        assert_eq!(mirror_pod_refusal(&mirror(plain), "n1"), None);
+        assert_eq!(
+            refused(json!({"volumes": [{"name": "v", "secret": {"secretName": "s1"}}]})),
+            r#"node "n1" cannot create a mirror pod that references secrets ["s1"]"#
+        );
+        let cases = [
+            (
+                json!({"imagePullSecrets": [{"name": "pull"}]}),
+                r#"references secrets ["pull"]"#,
+            ),
+            (
+                json!({"volumes": [{"name": "v", "secret": {}}]}),
+                r#"references a secret (volume "v")"#,
+            ),
+            (
+                json!({"volumes": [{"name": "v", "rbd": {"secretRef": {"name": "ceph"}}}]}),
+                r#"references secrets ["ceph"]"#,
+            ),
+            (
+                json!({"volumes": [{"name": "v", "projected": {"sources": [{"secret": {"name": "ps"}}]}}]}),
+                r#"references secrets ["ps"]"#,
+            ),
+            (
+                json!({"volumes": [{"name": "v", "projected": {"sources": [{"secret": {}}]}}]}),
+                r#"references a secret (projected volume "v")"#,
+            ),
+            (
+                json!({"containers": [{"name": "c", "envFrom": [{"secretRef": {"name": "es"}}]}]}),
+                r#"references secrets ["es"]"#,
+            ),
+            (
+                json!({"volumes": [{"name": "v", "configMap": {"name": "cm"}}]}),
+                r#"references configmaps ["cm"]"#,
+            ),
+            (
+                json!({"volumes": [{"name": "v", "projected": {"sources": [{"configMap": {"name": "pc"}}]}}]}),
+                r#"references configmaps ["pc"]"#,
+            ),
+            (
+                json!({"volumes": [{"name": "v", "projected": {"sources": [{"configMap": {}}]}}]}),
+                r#"references a configmap (projected volume "v")"#,
+            ),
+            (
+                json!({"containers": [{"name": "c", "env": [{"name": "X", "valueFrom": {"configMapKeyRef": {"name": "ec", "key": "k"}}}]}]}),
+                r#"references configmaps ["ec"]"#,
+            ),
+            (
+                json!({"serviceAccountName": "robot"}),
+                r#"references service account "robot""#,
+            ),
+            (
+                json!({"serviceAccount": "default"}),
+                r#"references service account "default""#,
+            ),
+            (
+                json!({"volumes": [{"name": "v", "projected": {"sources": [{"serviceAccountToken": {"path": "t"}}]}}]}),
+                r#"references a service account token (projected volume "v")"#,
+            ),
+            (
+                json!({"volumes": [{"name": "v", "projected": {"sources": [{"clusterTrustBundle": {"name": "b", "path": "p"}}]}}]}),
+                r#"references a cluster trust bundle (projected volume "v")"#,
+            ),
+            (
+                json!({"volumes": [{"name": "v", "persistentVolumeClaim": {"claimName": "data"}}]}),
+                r#"references persistentvolumeclaim "data" (volume "v")"#,
+            ),
+            (
+                json!({"volumes": [{"name": "v", "ephemeral": {"volumeClaimTemplate": {}}}]}),
+                r#"references a persistentvolumeclaim (ephemeral volume "v")"#,
+            ),
+            (
+                json!({"resourceClaims": [{"name": "gpu"}]}),
+                r#"references resource claims ["gpu"]"#,
+            ),
+        ];
+        for (spec, why) in cases {
+            let got = refused(spec.clone());
+            assert!(got.ends_with(why), "{spec}: {got}");
+            assert!(
+                got.starts_with(r#"node "n1" cannot create a mirror pod that "#),
+                "{got}"
+            );
+        }
+    }
+
+    #[test]
+    fn mirror_pods_are_owned_by_their_node_or_nothing() {
+        let owned = |refs: Value| {
+            let mut p = mirror(json!({"nodeName": "n1"}));
+            p["metadata"]["ownerReferences"] = refs;
+            mirror_pod_refusal(&p, "n1")
+        };
+        let own = json!({"apiVersion": "v1", "kind": "Node", "name": "n1", "uid": "u", "controller": true});
+        assert_eq!(owned(json!([])), None);
+        assert_eq!(owned(json!([own.clone()])), None);
+        let mut other = own.clone();
+        other["name"] = json!("n2");
+        let mut not_controller = own.clone();
+        not_controller["controller"] = json!(false);
+        let rs = json!({"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "n1", "uid": "u", "controller": true});
+        for refs in [json!([other]), json!([not_controller]), json!([rs])] {
+            let why = owned(refs).expect("refused");
+            assert_eq!(
+                why,
+                r#"node "n1" cannot create a mirror pod that has an owner reference other than a controller reference to its own Node "n1""#
+            );
+        }
+        assert!(
+            owned(json!([own.clone(), own.clone()]))
+                .unwrap()
+                .ends_with("has more than one owner reference")
+        );
+        let mut blocking = own;
+        blocking["blockOwnerDeletion"] = json!(true);
+        assert!(
+            owned(json!([blocking]))
+                .unwrap()
+                .ends_with("blockOwnerDeletion on its owner reference")
+        );
+    }
+
+    #[test]
+    fn node_name_needle_matches_stored_pods() {
+        let pod = json!({"metadata": {"name": "p", "labels": {"nodeName": "n1x"}}, "spec": {"nodeName": "n1", "containers": []}});
+        // Stored values are `Value::to_string()` (see `to_stored`).
+        let stored = pod.to_string();
+        assert!(contains(
+            stored.as_bytes(),
+            node_name_needle("n1").as_bytes()
+        ));
+        assert!(!contains(
+            stored.as_bytes(),
+            node_name_needle("n").as_bytes()
+        ));
+        assert!(!contains(
+            stored.as_bytes(),
+            node_name_needle("n2").as_bytes()
+        ));
+        // A name that needs escaping is looked for escaped.
+        let odd = json!({"spec": {"nodeName": "a\"b"}}).to_string();
+        assert!(contains(
+            odd.as_bytes(),
+            node_name_needle("a\"b").as_bytes()
+        ));
+        assert!(is_mirror_pod(&mirror(json!({}))));
+        assert!(!is_mirror_pod(&pod));
+    }
+
+    #[test]
+    fn pod_logs_are_read_only_by_get() {
+        let t = Target {
+            res: Resource::find("", "v1", "pods").unwrap(),
+            namespace: Some("d".into()),
+            name: Some("p".into()),
+            sub: Some("log".into()),
+        };
+        let q = HashMap::new();
+        assert_eq!(verb(&Method::GET, &t, &q), "get");
+        assert_eq!(verb(&Method::HEAD, &t, &q), "get");
+        assert_eq!(verb(&Method::POST, &t, &q), "create");
+        assert_eq!(verb(&Method::PUT, &t, &q), "update");
+        assert_eq!(verb(&Method::PATCH, &t, &q), "patch");
+        assert_eq!(verb(&Method::DELETE, &t, &q), "delete");
     }
 
     #[test]

@@ -6,15 +6,20 @@
 //!
 //! [`spawn`] starts the collector: one sweep at start, then a sweep whenever the store shows a
 //! change that can matter (a delete, an object being deleted, an object with owners), and
-//! every [`PERIOD`] regardless. A sweep reads every object once and:
+//! every [`PERIOD`] regardless; a burst of changes makes one sweep, and sweeps come at most
+//! once per [`MIN_SWEEP_INTERVAL`]. A sweep reads every object once and:
 //! - finishes terminating namespaces (deletes their contents; once nothing is left, removes the
 //!   `kubernetes` finalizer and with it the namespace);
+//! - deletes terminating pods bound to Nodes that do not exist once their grace period is
+//!   over (no agent would ever finish them), as Kubernetes' PodGC does;
 //! - orphans the dependents of owners with the `orphan` finalizer (removes their references),
 //!   then removes the finalizer;
 //! - removes `foregroundDeletion` from owners none of whose blocking dependents is left;
 //! - deletes dependents none of whose owners exists any more (or is being deleted in the
 //!   foreground), and drops references to gone owners from dependents that still have one.
-//!   Owners of kinds this server does not serve are taken to exist.
+//!   Owners of kinds this server does not serve are taken to exist, and so are namespaced
+//!   owners of cluster-scoped dependents (such a reference cannot be resolved; Kubernetes only
+//!   warns about it, `OwnerRefInvalidNamespace`).
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -23,12 +28,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use tokio::time::Instant;
 
 use super::object::{meta_mut, meta_str};
 use super::resources::{Kind, RESOURCES, Resource};
 use super::status::{ApiError, Cause};
 use super::{ApiServer, Target, to_object, to_stored};
-use crate::store::{KeyValue, StoreError, WatchEvent};
+use crate::store::{KeyValue, StoreError, WatchEvent, WatchStream};
 
 /// The finalizer that makes deletion orphan the dependents first.
 pub const ORPHAN: &str = "orphan";
@@ -40,6 +46,14 @@ pub const NAMESPACE_FINALIZER: &str = "kubernetes";
 pub const IMMORTAL_NAMESPACES: [&str; 3] = ["default", "kube-system", "kube-public"];
 /// A sweep runs at least this often.
 pub const PERIOD: Duration = Duration::from_secs(15);
+/// A sweep runs at most this often: the events of a burst (a namespace of thousands of pods
+/// being emptied) make one sweep, not one each.
+pub const MIN_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// After a relevant event, the events that follow are read for at most this long before the
+/// sweep...
+const SETTLE: Duration = Duration::from_millis(200);
+/// ...or until none came for this long.
+const QUIET: Duration = Duration::from_millis(50);
 
 /// `propagationPolicy` of a delete.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -391,8 +405,10 @@ impl ApiServer {
         let key = if res.namespaced {
             match meta_str(&dep.obj, "namespace") {
                 Some(ns) if dep.res.namespaced => res.key(Some(ns), name),
-                // A cluster-scoped dependent cannot have a namespaced owner.
-                _ => return Ok(Owner::Absent),
+                // A cluster-scoped dependent cannot have a namespaced owner: the reference
+                // cannot be resolved, and Kubernetes never collects a dependent because of one
+                // (it only reports `OwnerRefInvalidNamespace`; see `invalid_namespace_ref`).
+                _ => return Ok(Owner::Solid),
             }
         } else {
             res.key(None, name)
@@ -418,6 +434,16 @@ impl ApiServer {
             Ok(None) => Ok(Owner::Absent),
             Err(e) => Err(ApiError::from_store(e, &res.qualified(), name)),
         }
+    }
+
+    /// Whether Node `name` exists.
+    async fn node_is_stored(&self, name: &str) -> Result<bool, ApiError> {
+        let res = super::resources::Resource::find("", "v1", "nodes").expect("nodes are served");
+        self.store
+            .get(&res.key(None, name))
+            .await
+            .map(|kv| kv.is_some())
+            .map_err(|e| ApiError::from_store(e, &res.qualified(), name))
     }
 
     /// One pass of the garbage collector and the namespace controller. Returns true when it
@@ -499,11 +525,48 @@ impl ApiServer {
                 }
             }
         }
+        // Terminating pods bound to nodes that do not exist: no agent will ever finish them,
+        // so once their grace period is over they are deleted at once (Kubernetes' PodGC).
+        let now = super::object::unix_now();
+        let mut nodes: HashMap<String, bool> = HashMap::new();
+        for it in items.iter().filter(|it| it.res.kind == Kind::Pod) {
+            let Some(node) = phantom_node_candidate(&it.obj, now) else {
+                continue;
+            };
+            let exists = match nodes.get(node) {
+                Some(&e) => e,
+                None => {
+                    let e = self.node_is_stored(node).await?;
+                    nodes.insert(node.to_string(), e);
+                    e
+                }
+            };
+            if exists {
+                continue;
+            }
+            tracing::info!(key = %it.kv.key, node, "garbage collector: force-deleting a terminating pod bound to a node that does not exist");
+            let opts = json!({"gracePeriodSeconds": 0, "preconditions": {"uid": it.uid()}});
+            let r = self
+                .delete(&it.target(), &HashMap::new(), &opts)
+                .await
+                .map(|_| ());
+            changed |= note("deleting a pod of a node that does not exist", it, r);
+        }
         // Dependents whose owners are gone or waiting for them.
         for it in &items {
             let refs = it.owner_refs();
             if refs.is_empty() || it.deleting() {
                 continue;
+            }
+            if refs
+                .iter()
+                .any(|r| invalid_namespace_ref(it.res.namespaced, r))
+            {
+                tracing::warn!(
+                    key = %it.kv.key,
+                    reason = "OwnerRefInvalidNamespace",
+                    "garbage collector: a cluster-scoped object has an owner reference to a namespaced kind; the reference cannot be resolved and is ignored"
+                );
             }
             let mut states = Vec::with_capacity(refs.len());
             for r in &refs {
@@ -545,6 +608,35 @@ impl ApiServer {
     }
 }
 
+/// Whether an owner reference of a dependent (cluster-scoped unless `dependent_namespaced`)
+/// names a namespaced kind served here while the dependent is cluster-scoped: such a reference
+/// cannot be resolved (Kubernetes' `OwnerRefInvalidNamespace`) and never gets the dependent
+/// collected.
+fn invalid_namespace_ref(dependent_namespaced: bool, r: &Value) -> bool {
+    let api_version = r["apiVersion"].as_str().unwrap_or_default();
+    let kind = r["kind"].as_str().unwrap_or_default();
+    !dependent_namespaced && owner_resource(api_version, kind).is_some_and(|res| res.namespaced)
+}
+
+/// The node of a terminating pod whose grace period is over at `now` (Unix seconds): the pod
+/// is to be deleted at once if that node does not exist. None for pods not being deleted,
+/// unbound, still within their grace period, or already force-deleted and only held by
+/// finalizers.
+fn phantom_node_candidate(pod: &Value, now: i64) -> Option<&str> {
+    let grace = pod["metadata"]["deletionGracePeriodSeconds"]
+        .as_i64()
+        .unwrap_or(0);
+    if grace == 0 && !finalizers(pod).is_empty() {
+        return None;
+    }
+    let due = pod["metadata"]["deletionTimestamp"]
+        .as_str()?
+        .parse::<k8s_openapi::jiff::Timestamp>()
+        .map_or(true, |t| t.as_second() <= now);
+    let node = pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty())?;
+    due.then_some(node)
+}
+
 /// Starts the garbage collector and namespace finalizer on the current tokio runtime; it runs
 /// until the runtime stops.
 pub fn spawn(api: Arc<ApiServer>) -> tokio::task::JoinHandle<()> {
@@ -553,6 +645,54 @@ pub fn spawn(api: Arc<ApiServer>) -> tokio::task::JoinHandle<()> {
 
 /// The collector's loop: sweeps at start, on relevant store changes and every [`PERIOD`].
 pub async fn run(api: Arc<ApiServer>) {
+    run_observed(api, &|| {}).await
+}
+
+/// Reads the events `w` has ready, waiting for more until `until` (or, with `quiet`, until
+/// none came for that long, whichever is first): a burst becomes one sweep. The events need
+/// no look: a sweep is due anyway, and it reads the store itself. False when the watch ended
+/// or failed.
+async fn drain(w: &mut WatchStream, until: Instant, quiet: Option<Duration>) -> bool {
+    loop {
+        let now = Instant::now();
+        if now >= until {
+            return true;
+        }
+        let deadline = quiet.map_or(until, |q| until.min(now + q));
+        match tokio::time::timeout_at(deadline, w.next()).await {
+            Err(_) => return true,
+            Ok(Some(Ok(_))) => {}
+            Ok(_) => return false,
+        }
+    }
+}
+
+/// One sweep: garbage collector passes until one changes nothing (at most 20). Returns the
+/// store revision the last completed pass started from (what happened up to it has been
+/// seen), or `covered` when no pass completed.
+async fn sweep(api: &ApiServer, mut covered: i64) -> i64 {
+    for _ in 0..20 {
+        let start = api.store.current_revision().await.ok();
+        match api.collect_garbage().await {
+            Ok(changed) => {
+                covered = start.unwrap_or(covered);
+                if !changed {
+                    break;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "garbage collector sweep");
+                break;
+            }
+        }
+    }
+    covered
+}
+
+/// [`run`], calling `on_sweep` after each sweep (tests count them).
+async fn run_observed(api: Arc<ApiServer>, on_sweep: &(dyn Fn() + Send + Sync)) {
+    let mut last_sweep: Option<Instant> = None;
+    let mut covered = 0;
     loop {
         let from = match api.store.current_revision().await {
             Ok(r) => r,
@@ -573,34 +713,46 @@ pub async fn run(api: Arc<ApiServer>) {
         let mut due = true;
         loop {
             if due {
-                for _ in 0..20 {
-                    match api.collect_garbage().await {
-                        Ok(true) => continue,
-                        Ok(false) => break,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "garbage collector sweep");
-                            break;
+                // At most one sweep per MIN_SWEEP_INTERVAL; what arrives meanwhile is read
+                // (and joins this sweep) rather than queued for sweeps of its own.
+                if let Some(at) = last_sweep {
+                    let next = at + MIN_SWEEP_INTERVAL;
+                    match watch.as_mut() {
+                        Some(w) => {
+                            if !drain(w, next, None).await {
+                                watch = None;
+                            }
                         }
+                        None => tokio::time::sleep_until(next).await,
                     }
                 }
+                covered = sweep(&api, covered).await;
+                last_sweep = Some(Instant::now());
+                on_sweep();
+                due = false;
             }
             let Some(w) = watch.as_mut() else {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 break;
             };
+            let periodic = last_sweep.map_or_else(Instant::now, |at| at + PERIOD);
             let ev = tokio::select! {
                 ev = w.next() => ev,
-                _ = tokio::time::sleep(PERIOD) => {
+                _ = tokio::time::sleep_until(periodic) => {
                     due = true;
                     continue;
                 }
             };
             match ev {
                 Some(Ok(ev)) => {
-                    due = relevant(&ev);
-                    if due {
-                        // Let a burst of writes settle into one sweep.
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    if ev.revision() > covered && relevant(&ev) {
+                        due = true;
+                        // Let a burst of writes settle into one sweep: read what follows
+                        // until a quiet moment (or SETTLE at most).
+                        let until = Instant::now() + SETTLE;
+                        if !drain(w, until, Some(QUIET)).await {
+                            watch = None;
+                        }
                     }
                 }
                 Some(Err(StoreError::Compacted { .. })) | Some(Err(_)) | None => break,
@@ -717,5 +869,127 @@ mod tests {
             kv: kv(""),
             prev: None
         }));
+    }
+
+    #[test]
+    fn cluster_scoped_dependents_of_namespaced_owners_are_unresolvable() {
+        let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "name": "o", "uid": "u"});
+        let ns = json!({"apiVersion": "v1", "kind": "Namespace", "name": "o", "uid": "u"});
+        let unknown = json!({"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "o"});
+        assert!(invalid_namespace_ref(false, &cm));
+        assert!(!invalid_namespace_ref(true, &cm));
+        assert!(!invalid_namespace_ref(false, &ns));
+        assert!(!invalid_namespace_ref(false, &unknown));
+    }
+
+    #[test]
+    fn terminating_pods_of_missing_nodes() {
+        let now = 1_700_000_000;
+        let pod = |node: &str, at: i64, grace: i64, fin: Value| {
+            json!({"metadata": {"name": "p", "deletionTimestamp": super::super::object::rfc3339(at),
+                "deletionGracePeriodSeconds": grace, "finalizers": fin},
+                "spec": {"nodeName": node}})
+        };
+        assert_eq!(
+            phantom_node_candidate(&pod("n1", now - 1, 30, json!([])), now),
+            Some("n1")
+        );
+        assert_eq!(
+            phantom_node_candidate(&pod("n1", now, 0, json!([])), now),
+            Some("n1")
+        );
+        // Still within its grace period.
+        assert_eq!(
+            phantom_node_candidate(&pod("n1", now + 5, 30, json!([])), now),
+            None
+        );
+        // Unbound, or already force-deleted and held by a finalizer.
+        assert_eq!(
+            phantom_node_candidate(&pod("", now - 1, 30, json!([])), now),
+            None
+        );
+        assert_eq!(
+            phantom_node_candidate(&pod("n1", now - 1, 0, json!(["x/y"])), now),
+            None
+        );
+        let live = json!({"metadata": {"name": "p"}, "spec": {"nodeName": "n1"}});
+        assert_eq!(phantom_node_candidate(&live, now), None);
+    }
+
+    /// A burst of relevant events makes one sweep (at most one a second), not one each.
+    #[tokio::test]
+    async fn a_burst_of_events_makes_few_sweeps() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+
+        use crate::store::{EmbeddedConfig, EmbeddedStore, Store};
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_path_buf();
+        let config = EmbeddedConfig {
+            compaction_interval: None,
+            ..EmbeddedConfig::default()
+        };
+        let store = tokio::task::spawn_blocking(move || EmbeddedStore::open(&path, config))
+            .await
+            .unwrap()
+            .unwrap();
+        let store: Arc<dyn Store> = Arc::new(store);
+        let tokens = super::super::auth::Tokens {
+            admin: "a".into(),
+            node: "n".into(),
+        };
+        let api = Arc::new(ApiServer::new(
+            store.clone(),
+            tokens,
+            "127.0.0.1:6443".into(),
+        ));
+        api.bootstrap().await.unwrap();
+        const N: usize = 100;
+        for i in 0..N {
+            let cm = json!({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": format!("c{i}"), "namespace": "default"}});
+            store
+                .create(
+                    &format!("/registry/configmaps/default/c{i}"),
+                    bytes::Bytes::from(cm.to_string()),
+                )
+                .await
+                .unwrap();
+        }
+        let sweeps = Arc::new(AtomicUsize::new(0));
+        let counter = sweeps.clone();
+        let task = tokio::spawn(async move {
+            let count = move || {
+                counter.fetch_add(1, Ordering::SeqCst);
+            };
+            run_observed(api, &count).await
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while sweeps.load(Ordering::SeqCst) == 0 {
+            assert!(Instant::now() < deadline, "no first sweep");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // N deletes (each a relevant event), concurrently.
+        let started = Instant::now();
+        let deletes = (0..N).map(|i| {
+            let store = store.clone();
+            async move {
+                store
+                    .delete(&format!("/registry/configmaps/default/c{i}"), None)
+                    .await
+                    .unwrap();
+            }
+        });
+        futures_util::future::join_all(deletes).await;
+        let burst = started.elapsed();
+        tokio::time::sleep(MIN_SWEEP_INTERVAL + Duration::from_millis(1500)).await;
+        let after = sweeps.load(Ordering::SeqCst) - 1;
+        task.abort();
+        // One sweep for the burst, plus at most one a second while it lasted.
+        let most = 1 + burst.as_secs() as usize + 1;
+        assert!(
+            (1..=most).contains(&after),
+            "{after} sweeps after {N} events in {burst:?}"
+        );
     }
 }

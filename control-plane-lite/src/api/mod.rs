@@ -428,7 +428,7 @@ impl ApiServer {
             }
             let body = parse_json(&read_body(req).await?)?;
             if sub == "binding" {
-                self.bind(&t, &body).await?;
+                self.bind(&t, &q, &body).await?;
             } else {
                 let opts = body.get("deleteOptions").cloned().unwrap_or(json!({}));
                 self.delete(&t, &q, &opts).await?;
@@ -811,7 +811,7 @@ impl ApiServer {
     }
 
     /// Checks and completes `new` as the replacement of `cur` (both client-visible objects).
-    fn prepare_update(
+    async fn prepare_update(
         &self,
         t: &Target,
         cur: &Value,
@@ -888,7 +888,8 @@ impl ApiServer {
             }
         }
         object::default_on_create(res, &mut new);
-        object::keep_service_allocations(res, cur, &mut new);
+        object::keep_service_allocations_from_store(self.store.as_ref(), res, cur, &mut new)
+            .await?;
         object::fold_string_data(res, &mut new);
         // Generation counts changes of the spec (of everything but metadata and status for
         // kinds without one).
@@ -981,7 +982,7 @@ impl ApiServer {
         let dry_run = dry_run(q, None)?;
         field_manager(q)?;
         let (kv, cur) = self.current(t).await?;
-        let (obj, warnings) = self.prepare_update(t, &cur, new, fv)?;
+        let (obj, warnings) = self.prepare_update(t, &cur, new, fv).await?;
         if dry_run {
             return Ok((obj, warnings));
         }
@@ -1038,7 +1039,7 @@ impl ApiServer {
                     )));
                 }
             }
-            let (obj, warnings) = self.prepare_update(t, &cur, doc, fv)?;
+            let (obj, warnings) = self.prepare_update(t, &cur, doc, fv).await?;
             if dry_run {
                 return Ok((obj, warnings));
             }
@@ -1212,8 +1213,16 @@ impl ApiServer {
         })
     }
 
-    /// `pods/binding`: assigns an unassigned pod to the binding's target node.
-    async fn bind(&self, t: &Target, binding: &Value) -> Result<(), ApiError> {
+    /// `pods/binding`: assigns an unassigned pod to the binding's target node. With
+    /// `dryRun=All` everything is checked and nothing written. A binding with a
+    /// `metadata.uid` binds only the pod of that uid.
+    async fn bind(
+        &self,
+        t: &Target,
+        q: &HashMap<String, String>,
+        binding: &Value,
+    ) -> Result<(), ApiError> {
+        let dry_run = dry_run(q, None)?;
         let node = binding["target"]["name"].as_str().unwrap_or_default();
         if node.is_empty() {
             return Err(ApiError::Invalid {
@@ -1224,6 +1233,15 @@ impl ApiServer {
         }
         for attempt in 0.. {
             let (kv, mut pod) = self.current(t).await?;
+            if let Some(uid) = meta_str(binding, "uid").filter(|u| !u.is_empty())
+                && Some(uid) != meta_str(&pod, "uid")
+            {
+                return Err(ApiError::ConflictMessage(format!(
+                    "Operation cannot be fulfilled on pods/binding {:?}: Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                    t.name(),
+                    meta_str(&pod, "uid").unwrap_or_default()
+                )));
+            }
             if let Some(bound) = pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) {
                 return Err(ApiError::ConflictMessage(format!(
                     "Operation cannot be fulfilled on pods/binding {:?}: pod {} is already assigned to node {bound:?}",
@@ -1251,6 +1269,9 @@ impl ApiServer {
             if let Some(Value::Array(cs)) = conditions {
                 cs.retain(|c| c["type"] != "PodScheduled");
                 cs.push(json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": now}));
+            }
+            if dry_run {
+                return Ok(());
             }
             match self.write(t, &kv, pod).await {
                 Err(ApiError::Conflict { .. }) if attempt < 5 => continue,

@@ -868,11 +868,16 @@ fn validate_service_update(old: &Value, new: &Value, causes: &mut Vec<Cause>) {
 
 /// Cluster IPs and node ports handed out in this process lately: concurrent creates never
 /// get the same one, even before the first is stored.
-static RECENT: std::sync::Mutex<Vec<(Allocated, std::time::Instant)>> =
-    std::sync::Mutex::new(Vec::new());
+static RECENT: std::sync::Mutex<Vec<Reservation>> = std::sync::Mutex::new(Vec::new());
 
 /// How long a handed-out cluster IP or node port is kept from others without being stored.
 const RESERVATION: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// How long a value one Service was given keeps another Service from asking for it by value:
+/// long enough for the first's write to be stored (the check against the stored Services
+/// covers it from then on), short enough not to hold a value its Service has given up (a
+/// Service deleted and another created with its node port).
+const IN_FLIGHT: std::time::Duration = std::time::Duration::from_secs(5);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Allocated {
@@ -880,13 +885,22 @@ enum Allocated {
     NodePort(u16),
 }
 
+/// A value handed out lately, to whom (`namespace/name`, empty when not named yet) and when.
+#[derive(Clone, Debug)]
+struct Reservation {
+    what: Allocated,
+    owner: String,
+    at: std::time::Instant,
+}
+
 /// The cluster IPs and node ports in use: those of the stored Services, which a Service may
-/// not ask for, and those this process handed out lately, which allocation also avoids.
+/// not ask for, and those this process handed out lately, which allocation avoids and which
+/// another Service may not ask for while they are being stored.
 #[derive(Debug, Default)]
 pub struct ServiceAllocations {
     ips: std::collections::HashSet<std::net::Ipv4Addr>,
     node_ports: std::collections::HashSet<u16>,
-    recent: Vec<Allocated>,
+    recent: Vec<Reservation>,
 }
 
 impl ServiceAllocations {
@@ -917,25 +931,58 @@ impl ServiceAllocations {
             }
         }
         let mut recent = RECENT.lock().unwrap_or_else(|e| e.into_inner());
-        recent.retain(|(_, at)| at.elapsed() < RESERVATION);
-        a.recent = recent.iter().map(|(r, _)| *r).collect();
+        recent.retain(|r| r.at.elapsed() < RESERVATION);
+        a.recent = recent.clone();
         a
     }
 
-    fn ip_free(&self, ip: std::net::Ipv4Addr) -> bool {
-        !self.ips.contains(&ip) && !self.recent.contains(&Allocated::Ip(ip))
+    fn handed_out(&self, what: Allocated) -> bool {
+        self.recent.iter().any(|r| r.what == what)
     }
 
+    /// Free for allocation: neither stored nor handed out lately.
+    fn ip_free(&self, ip: std::net::Ipv4Addr) -> bool {
+        !self.ips.contains(&ip) && !self.handed_out(Allocated::Ip(ip))
+    }
+
+    /// Free for allocation: neither stored nor handed out lately.
     fn node_port_free(&self, port: u16) -> bool {
-        !self.node_ports.contains(&port) && !self.recent.contains(&Allocated::NodePort(port))
+        !self.node_ports.contains(&port) && !self.handed_out(Allocated::NodePort(port))
+    }
+
+    /// Whether Service `owner` may ask for `what` by value: no stored Service holds it and
+    /// no other Service was just given it.
+    fn claimable(&self, what: Allocated, owner: &str) -> bool {
+        let stored = match what {
+            Allocated::Ip(ip) => self.ips.contains(&ip),
+            Allocated::NodePort(n) => self.node_ports.contains(&n),
+        };
+        !stored
+            && !self.recent.iter().any(|r| {
+                r.what == what
+                    && r.at.elapsed() < IN_FLIGHT
+                    && (owner.is_empty() || r.owner != owner)
+            })
     }
 }
 
-fn reserve(r: Allocated) {
+/// A Service's `namespace/name` (empty while it has no name).
+fn service_owner(obj: &Value) -> String {
+    match meta_str(obj, "name").filter(|n| !n.is_empty()) {
+        Some(name) => format!("{}/{name}", meta_str(obj, "namespace").unwrap_or_default()),
+        None => String::new(),
+    }
+}
+
+fn reserve(what: Allocated, owner: &str) {
     RECENT
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .push((r, std::time::Instant::now()));
+        .push(Reservation {
+            what,
+            owner: owner.to_string(),
+            at: std::time::Instant::now(),
+        });
 }
 
 fn random_u32() -> u32 {
@@ -950,41 +997,48 @@ fn first_free<T>(n: u32, pick: impl Fn(u32) -> T, used: impl Fn(&T) -> bool) -> 
     (0..n).map(|i| pick((start + i) % n)).find(|c| !used(c))
 }
 
-/// Allocates a new Service's cluster IP (unless headless or ExternalName, or checks the one
-/// asked for) and the node ports its type needs, given what is in use.
-pub fn allocate_service(obj: &mut Value, used: &ServiceAllocations) -> Result<(), Vec<Cause>> {
-    let ty = service_type(obj).to_string();
-    let is_default_kubernetes = meta_str(obj, "namespace") == Some("default")
-        && meta_str(obj, "name") == Some("kubernetes");
-    let mut causes = Vec::new();
-    if ty != "ExternalName" {
-        let asked = obj
-            .pointer("/spec/clusterIP")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string();
-        let (net, bits) = SERVICE_CIDR;
-        let ip = match asked.as_str() {
-            "" => {
-                let size = 1u32 << (32 - bits);
-                // Neither the network address nor the broadcast address.
-                first_free(
-                    size - 2,
-                    |i| std::net::Ipv4Addr::from(u32::from(net) + 1 + i),
-                    |ip| !used.ip_free(*ip) || *ip == KUBERNETES_SERVICE_IP,
-                )
-                .ok_or_else(|| {
-                    vec![Cause {
-                        reason: "FieldValueInvalid",
-                        field: "spec.clusterIPs".into(),
-                        message: "Invalid value: []: failed to allocate a serviceIP: range is full"
-                            .into(),
-                    }]
-                })?
-                .to_string()
-            }
-            "None" => asked,
-            other => match other.parse::<std::net::Ipv4Addr>() {
+/// Gives Service `owner` (`namespace/name`), not an ExternalName one, its cluster IP: a free
+/// one when it asks for none, or checks the one it asks for (unless it is `kept`, the one it
+/// already has).
+fn allocate_cluster_ip(
+    obj: &mut Value,
+    owner: &str,
+    used: &ServiceAllocations,
+    kept: Option<&str>,
+    causes: &mut Vec<Cause>,
+) {
+    let is_default_kubernetes = owner == "default/kubernetes";
+    let asked = obj
+        .pointer("/spec/clusterIP")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let (net, bits) = SERVICE_CIDR;
+    let ip = match asked.as_str() {
+        "" => {
+            let size = 1u32 << (32 - bits);
+            // Neither the network address nor the broadcast address.
+            let free = first_free(
+                size - 2,
+                |i| std::net::Ipv4Addr::from(u32::from(net) + 1 + i),
+                |ip| !used.ip_free(*ip) || *ip == KUBERNETES_SERVICE_IP,
+            );
+            let Some(ip) = free else {
+                causes.push(Cause {
+                    reason: "FieldValueInvalid",
+                    field: "spec.clusterIPs".into(),
+                    message: "Invalid value: []: failed to allocate a serviceIP: range is full"
+                        .into(),
+                });
+                return;
+            };
+            reserve(Allocated::Ip(ip), owner);
+            ip.to_string()
+        }
+        "None" => asked,
+        other if Some(other) == kept => asked,
+        other => {
+            match other.parse::<std::net::Ipv4Addr>() {
                 Ok(ip) if !in_service_cidr(ip) => {
                     causes.push(Cause::invalid(
                         "spec.clusterIPs[0]",
@@ -993,11 +1047,10 @@ pub fn allocate_service(obj: &mut Value, used: &ServiceAllocations) -> Result<()
                             "failed to allocate IP {other}: the provided IP ({other}) is not in the valid range. The range of valid IPs is {net}/{bits}"
                         ),
                     ));
-                    asked
                 }
+                Ok(ip) if ip == KUBERNETES_SERVICE_IP && is_default_kubernetes => {}
                 Ok(ip)
-                    if used.ips.contains(&ip)
-                        || (ip == KUBERNETES_SERVICE_IP && !is_default_kubernetes) =>
+                    if !used.claimable(Allocated::Ip(ip), owner) || ip == KUBERNETES_SERVICE_IP =>
                 {
                     causes.push(Cause {
                         reason: "FieldValueInvalid",
@@ -1006,62 +1059,81 @@ pub fn allocate_service(obj: &mut Value, used: &ServiceAllocations) -> Result<()
                             "Invalid value: []string{{{other:?}}}: failed to allocate IP {other}: provided IP is already allocated"
                         ),
                     });
-                    asked
                 }
+                Ok(ip) => reserve(Allocated::Ip(ip), owner),
                 // Not an IP: validation names it.
-                _ => asked,
-            },
-        };
-        if let Ok(a) = ip.parse()
-            && a != KUBERNETES_SERVICE_IP
-        {
-            reserve(Allocated::Ip(a));
+                Err(_) => {}
+            }
+            asked
         }
-        obj["spec"]["clusterIP"] = json!(ip);
-        obj["spec"]["clusterIPs"] = json!([ip]);
-    }
-    if needs_node_ports(&ty) {
-        let mut taken: Vec<u16> = Vec::new();
-        for (i, p) in service_ports_mut(obj).enumerate() {
-            let asked = p.get("nodePort").and_then(Value::as_u64).unwrap_or(0);
-            if asked != 0 {
-                if let Ok(n) = u16::try_from(asked)
-                    && NODE_PORTS.contains(&n)
-                {
-                    if used.node_ports.contains(&n) || taken.contains(&n) {
-                        causes.push(Cause {
-                            reason: "FieldValueInvalid",
-                            field: format!("spec.ports[{i}].nodePort"),
-                            message: format!(
-                                "Invalid value: {n}: provided port is already allocated"
-                            ),
-                        });
-                    } else {
-                        taken.push(n);
-                        reserve(Allocated::NodePort(n));
+    };
+    obj["spec"]["clusterIP"] = json!(ip);
+    obj["spec"]["clusterIPs"] = json!([ip]);
+}
+
+/// Gives the ports without one of NodePort or LoadBalancer Service `owner` a free node port,
+/// and checks the ones asked for (unless `kept`: the Service has them already).
+fn allocate_node_ports(
+    obj: &mut Value,
+    owner: &str,
+    used: &ServiceAllocations,
+    kept: &[u16],
+    causes: &mut Vec<Cause>,
+) {
+    let mut taken: Vec<u16> = Vec::new();
+    for (i, p) in service_ports_mut(obj).enumerate() {
+        let asked = p.get("nodePort").and_then(Value::as_u64).unwrap_or(0);
+        if asked != 0 {
+            if let Ok(n) = u16::try_from(asked)
+                && NODE_PORTS.contains(&n)
+            {
+                let own = kept.contains(&n);
+                if taken.contains(&n) || (!own && !used.claimable(Allocated::NodePort(n), owner)) {
+                    causes.push(Cause {
+                        reason: "FieldValueInvalid",
+                        field: format!("spec.ports[{i}].nodePort"),
+                        message: format!("Invalid value: {n}: provided port is already allocated"),
+                    });
+                } else {
+                    taken.push(n);
+                    if !own {
+                        reserve(Allocated::NodePort(n), owner);
                     }
                 }
-                continue;
             }
-            let span = u32::from(NODE_PORTS.end() - NODE_PORTS.start()) + 1;
-            match first_free(
-                span,
-                |i| NODE_PORTS.start() + i as u16,
-                |n| !used.node_port_free(*n) || taken.contains(n),
-            ) {
-                Some(n) => {
-                    taken.push(n);
-                    reserve(Allocated::NodePort(n));
-                    p["nodePort"] = json!(n);
-                }
-                None => causes.push(Cause {
-                    reason: "FieldValueInvalid",
-                    field: format!("spec.ports[{i}].nodePort"),
-                    message: "Invalid value: 0: failed to allocate a nodePort: range is full"
-                        .into(),
-                }),
-            }
+            continue;
         }
+        let span = u32::from(NODE_PORTS.end() - NODE_PORTS.start()) + 1;
+        match first_free(
+            span,
+            |i| NODE_PORTS.start() + i as u16,
+            |n| !used.node_port_free(*n) || taken.contains(n) || kept.contains(n),
+        ) {
+            Some(n) => {
+                taken.push(n);
+                reserve(Allocated::NodePort(n), owner);
+                p["nodePort"] = json!(n);
+            }
+            None => causes.push(Cause {
+                reason: "FieldValueInvalid",
+                field: format!("spec.ports[{i}].nodePort"),
+                message: "Invalid value: 0: failed to allocate a nodePort: range is full".into(),
+            }),
+        }
+    }
+}
+
+/// Allocates a new Service's cluster IP (unless headless or ExternalName, or checks the one
+/// asked for) and the node ports its type needs, given what is in use.
+pub fn allocate_service(obj: &mut Value, used: &ServiceAllocations) -> Result<(), Vec<Cause>> {
+    let ty = service_type(obj).to_string();
+    let owner = service_owner(obj);
+    let mut causes = Vec::new();
+    if ty != "ExternalName" {
+        allocate_cluster_ip(obj, &owner, used, None, &mut causes);
+    }
+    if needs_node_ports(&ty) {
+        allocate_node_ports(obj, &owner, used, &[], &mut causes);
     }
     if causes.is_empty() {
         Ok(())
@@ -1070,25 +1142,25 @@ pub fn allocate_service(obj: &mut Value, used: &ServiceAllocations) -> Result<()
     }
 }
 
-/// Scans the stored Services and allocates for a new one ([`allocate_service`]).
-pub async fn allocate_service_from_store(
+/// The stored Services but the one named like `obj` (a create of that name fails as
+/// AlreadyExists; an update replaces it).
+async fn other_services(
     store: &dyn crate::store::Store,
     res: &Resource,
-    obj: &mut Value,
-) -> Result<(), ApiError> {
+    obj: &Value,
+) -> Result<Vec<Value>, ApiError> {
     let prefix = res.prefix(None);
     let mut services = Vec::new();
     let mut cont = None;
+    let same = |s: &Value| {
+        meta_str(s, "namespace") == meta_str(obj, "namespace")
+            && meta_str(s, "name") == meta_str(obj, "name")
+    };
     loop {
         let page = store
             .list(&prefix, 500, cont)
             .await
             .map_err(|e| ApiError::from_store(e, &res.qualified(), ""))?;
-        // One of the same name is no conflict: the create fails as AlreadyExists.
-        let same = |s: &Value| {
-            meta_str(s, "namespace") == meta_str(obj, "namespace")
-                && meta_str(s, "name") == meta_str(obj, "name")
-        };
         services.extend(
             page.items
                 .iter()
@@ -1100,21 +1172,43 @@ pub async fn allocate_service_from_store(
             None => break,
         }
     }
-    allocate_service(obj, &ServiceAllocations::of(&services)).map_err(|causes| ApiError::Invalid {
+    Ok(services)
+}
+
+fn allocation_invalid(res: &Resource, obj: &Value, causes: Vec<Cause>) -> ApiError {
+    ApiError::Invalid {
         kind: res.qualified_kind(),
         name: meta_str(obj, "name").unwrap_or_default().to_string(),
         causes,
-    })
+    }
+}
+
+/// Scans the stored Services and allocates for a new one ([`allocate_service`]).
+pub async fn allocate_service_from_store(
+    store: &dyn crate::store::Store,
+    res: &Resource,
+    obj: &mut Value,
+) -> Result<(), ApiError> {
+    let services = other_services(store, res, obj).await?;
+    allocate_service(obj, &ServiceAllocations::of(&services))
+        .map_err(|causes| allocation_invalid(res, obj, causes))
 }
 
 /// On update: keeps what was allocated when the new object leaves it out (a `replace`
-/// without `clusterIP` or `nodePort`), and gives node ports to a Service that became a
-/// NodePort or LoadBalancer.
-pub fn keep_service_allocations(res: &Resource, cur: &Value, new: &mut Value) {
+/// without `clusterIP` or `nodePort`), gives a cluster IP to a Service that leaves
+/// ExternalName and node ports to one that became a NodePort or LoadBalancer, and checks the
+/// values newly asked for against `used` (the other Services) as a create does.
+pub fn keep_service_allocations(
+    res: &Resource,
+    cur: &Value,
+    new: &mut Value,
+    used: &ServiceAllocations,
+) -> Result<(), Vec<Cause>> {
     if res.kind != Kind::Service || service_type(new) == "ExternalName" {
-        return;
+        return Ok(());
     }
-    if service_type(cur) != "ExternalName" {
+    let was_external = service_type(cur) == "ExternalName";
+    if !was_external {
         for k in ["clusterIP", "clusterIPs"] {
             let missing = new
                 .pointer(&format!("/spec/{k}"))
@@ -1124,47 +1218,69 @@ pub fn keep_service_allocations(res: &Resource, cur: &Value, new: &mut Value) {
             }
         }
     }
-    if !needs_node_ports(service_type(new)) {
-        return;
-    }
-    let old_ports: Vec<Value> = cur
-        .pointer("/spec/ports")
-        .and_then(Value::as_array)
-        .cloned()
+    let kept_ip = if was_external {
+        None
+    } else {
+        cur.pointer("/spec/clusterIP").and_then(Value::as_str)
+    };
+    let owner = service_owner(cur);
+    let mut causes = Vec::new();
+    let asked = new
+        .pointer("/spec/clusterIP")
+        .and_then(Value::as_str)
         .unwrap_or_default();
-    let mut in_use: Vec<u16> = old_ports
-        .iter()
-        .filter_map(|p| p.get("nodePort").and_then(Value::as_u64))
-        .filter_map(|n| u16::try_from(n).ok())
-        .collect();
-    let others = ServiceAllocations::of(&[]);
-    for p in service_ports_mut(new) {
-        if p.get("nodePort").and_then(Value::as_u64).unwrap_or(0) != 0 {
-            continue;
-        }
-        let same = old_ports.iter().find(|o| {
-            o.get("port") == p.get("port")
-                && o.get("protocol").and_then(Value::as_str).unwrap_or("TCP")
-                    == p.get("protocol").and_then(Value::as_str).unwrap_or("TCP")
-        });
-        if let Some(np) = same
-            .and_then(|o| o.get("nodePort"))
-            .filter(|n| n.as_u64().is_some_and(|n| n != 0))
-        {
-            p["nodePort"] = np.clone();
-            continue;
-        }
-        let span = u32::from(NODE_PORTS.end() - NODE_PORTS.start()) + 1;
-        if let Some(n) = first_free(
-            span,
-            |i| NODE_PORTS.start() + i as u16,
-            |n| in_use.contains(n) || !others.node_port_free(*n),
-        ) {
-            in_use.push(n);
-            reserve(Allocated::NodePort(n));
-            p["nodePort"] = json!(n);
-        }
+    if asked.is_empty() || Some(asked) != kept_ip {
+        allocate_cluster_ip(new, &owner, used, kept_ip, &mut causes);
     }
+    if needs_node_ports(service_type(new)) {
+        let old_ports: Vec<Value> = cur
+            .pointer("/spec/ports")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        let kept: Vec<u16> = old_ports
+            .iter()
+            .filter_map(|p| p.get("nodePort").and_then(Value::as_u64))
+            .filter_map(|n| u16::try_from(n).ok())
+            .collect();
+        for p in service_ports_mut(new) {
+            if p.get("nodePort").and_then(Value::as_u64).unwrap_or(0) != 0 {
+                continue;
+            }
+            let same = old_ports.iter().find(|o| {
+                o.get("port") == p.get("port")
+                    && o.get("protocol").and_then(Value::as_str).unwrap_or("TCP")
+                        == p.get("protocol").and_then(Value::as_str).unwrap_or("TCP")
+            });
+            if let Some(np) = same
+                .and_then(|o| o.get("nodePort"))
+                .filter(|n| n.as_u64().is_some_and(|n| n != 0))
+            {
+                p["nodePort"] = np.clone();
+            }
+        }
+        allocate_node_ports(new, &owner, used, &kept, &mut causes);
+    }
+    if causes.is_empty() {
+        Ok(())
+    } else {
+        Err(causes)
+    }
+}
+
+/// [`keep_service_allocations`] against the stored Services other than this one.
+pub async fn keep_service_allocations_from_store(
+    store: &dyn crate::store::Store,
+    res: &Resource,
+    cur: &Value,
+    new: &mut Value,
+) -> Result<(), ApiError> {
+    if res.kind != Kind::Service || service_type(new) == "ExternalName" {
+        return Ok(());
+    }
+    let services = other_services(store, res, cur).await?;
+    keep_service_allocations(res, cur, new, &ServiceAllocations::of(&services))
+        .map_err(|causes| allocation_invalid(res, cur, causes))
 }
 
 #[cfg(test)]
@@ -1354,7 +1470,7 @@ mod tests {
             "a",
             json!({"type": "NodePort", "ports": [{"port": 80}, {"port": 81}]}),
         );
-        keep_service_allocations(services, &old, &mut new);
+        keep_service_allocations(services, &old, &mut new, &ServiceAllocations::of(&[])).unwrap();
         assert_eq!(new["spec"]["clusterIP"], "10.43.0.5");
         assert_eq!(new["spec"]["ports"][0]["nodePort"], 30005);
         assert!(new["spec"]["ports"][1]["nodePort"].as_u64().is_some());
@@ -1364,5 +1480,64 @@ mod tests {
             validate_update(services, &old, &new)[0].field,
             "spec.clusterIPs[0]"
         );
+    }
+
+    #[test]
+    fn updates_check_and_allocate_against_other_services() {
+        let services = Resource::find("", "v1", "services").unwrap();
+        let meta = |name: &str| json!({"name": name, "namespace": "upd"});
+        // Another Service holds 31501 and 10.43.77.1.
+        let other = json!({"metadata": meta("other"),
+            "spec": {"type": "NodePort", "clusterIP": "10.43.77.1", "ports": [{"port": 80, "nodePort": 31501}]}});
+        let used = ServiceAllocations::of(&[other]);
+        let old = json!({"metadata": meta("mine"),
+            "spec": {"type": "NodePort", "clusterIP": "10.43.77.2", "ports": [{"port": 80, "nodePort": 31502}]}});
+        // Asking for the other's node port is refused; keeping one's own is not.
+        let mut new = old.clone();
+        new["spec"]["ports"] =
+            json!([{"port": 80, "nodePort": 31502}, {"name": "b", "port": 81, "nodePort": 31501}]);
+        let causes = keep_service_allocations(services, &old, &mut new, &used).unwrap_err();
+        let fields: Vec<&str> = causes.iter().map(|c| c.field.as_str()).collect();
+        assert_eq!(fields, ["spec.ports[1].nodePort"]);
+        // Allocated node ports avoid the other's.
+        let mut new = old.clone();
+        new["spec"]["ports"] = json!([{"port": 80}, {"name": "b", "port": 81}]);
+        keep_service_allocations(services, &old, &mut new, &used).unwrap();
+        assert_eq!(new["spec"]["ports"][0]["nodePort"], 31502);
+        let np = new["spec"]["ports"][1]["nodePort"].as_u64().unwrap();
+        assert!(np != 31501 && np != 31502);
+        // Leaving ExternalName allocates a cluster IP; asking for a taken one is refused.
+        let ext = json!({"metadata": meta("ext"),
+            "spec": {"type": "ExternalName", "externalName": "example.com"}});
+        let mut new = json!({"metadata": meta("ext"),
+            "spec": {"type": "ClusterIP", "ports": [{"port": 80}]}});
+        keep_service_allocations(services, &ext, &mut new, &used).unwrap();
+        let ip: std::net::Ipv4Addr = new["spec"]["clusterIP"].as_str().unwrap().parse().unwrap();
+        assert!(in_service_cidr(ip) && ip != KUBERNETES_SERVICE_IP);
+        assert_eq!(new["spec"]["clusterIPs"], json!([ip.to_string()]));
+        let mut new = json!({"metadata": meta("ext"),
+            "spec": {"type": "ClusterIP", "clusterIP": "10.43.77.1", "ports": [{"port": 80}]}});
+        let causes = keep_service_allocations(services, &ext, &mut new, &used).unwrap_err();
+        assert_eq!(causes[0].field, "spec.clusterIPs");
+    }
+
+    #[test]
+    fn values_just_handed_out_cannot_be_asked_for_by_others() {
+        let meta = |name: &str| json!({"name": name, "namespace": "inflight"});
+        let none = ServiceAllocations::of(&[]);
+        let mut first = json!({"metadata": meta("first"),
+            "spec": {"type": "NodePort", "clusterIP": "10.43.78.1", "ports": [{"port": 80, "nodePort": 31601}]}});
+        allocate_service(&mut first, &none).unwrap();
+        // Not stored yet, but just given to `first`.
+        let used = ServiceAllocations::of(&[]);
+        let mut second = json!({"metadata": meta("second"),
+            "spec": {"type": "NodePort", "clusterIP": "10.43.78.1", "ports": [{"port": 80, "nodePort": 31601}]}});
+        let causes = allocate_service(&mut second, &used).unwrap_err();
+        let fields: Vec<&str> = causes.iter().map(|c| c.field.as_str()).collect();
+        assert_eq!(fields, ["spec.clusterIPs", "spec.ports[0].nodePort"]);
+        // The same Service asking again (a retried or recreated create) is not refused.
+        let mut again = json!({"metadata": meta("first"),
+            "spec": {"type": "NodePort", "clusterIP": "10.43.78.1", "ports": [{"port": 80, "nodePort": 31601}]}});
+        allocate_service(&mut again, &used).unwrap();
     }
 }

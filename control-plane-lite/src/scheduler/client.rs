@@ -8,8 +8,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, StatusCode};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ListMeta;
+use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use serde_json::value::RawValue;
 use thiserror::Error;
 
 use crate::api::auth::User;
@@ -36,6 +39,33 @@ pub enum ClientError {
     },
     #[error("{path}: reading the response body: {message}")]
     Body { path: String, message: String },
+}
+
+/// A list response (one page of it), read straight from the response bytes.
+#[derive(Debug, Deserialize)]
+#[serde(bound(deserialize = "T: Deserialize<'de>"))]
+pub struct List<T> {
+    #[serde(default)]
+    pub metadata: ListMeta,
+    #[serde(default)]
+    pub items: Vec<T>,
+}
+
+/// How many objects one page of a list holds: a list never has more than this many in
+/// memory at once.
+pub const LIST_PAGE_SIZE: usize = 500;
+
+/// `s` percent-encoded for a query parameter (continue tokens are base64, but need not be).
+fn query_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 impl ClientError {
@@ -110,6 +140,18 @@ impl Client {
         content_type: &str,
         body: Option<&Value>,
     ) -> Result<Value, ClientError> {
+        let bytes = self.call_bytes(method, path, content_type, body).await?;
+        decode_bytes(path, &bytes)
+    }
+
+    /// One request; the reply's bytes when it succeeded, else the API's error.
+    async fn call_bytes(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: &str,
+        body: Option<&Value>,
+    ) -> Result<Bytes, ClientError> {
         let resp = self.send(method.clone(), path, content_type, body).await?;
         let code = resp.status();
         let bytes = resp
@@ -124,40 +166,60 @@ impl Client {
         if !code.is_success() {
             return Err(status_error(&method, path, code, &bytes));
         }
-        serde_json::from_slice(&bytes).map_err(|source| ClientError::Decode {
-            path: path.into(),
-            source,
-        })
+        Ok(bytes)
     }
 
+    /// GETs `path` and deserializes the reply straight from its bytes.
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
-        let v = self
-            .call(Method::GET, path, "application/json", None)
+        let bytes = self
+            .call_bytes(Method::GET, path, "application/json", None)
             .await?;
-        serde_json::from_value(v).map_err(|source| ClientError::Decode {
-            path: path.into(),
-            source,
-        })
+        decode_bytes(path, &bytes)
     }
 
-    /// A whole list: the items and the list's resourceVersion.
-    pub async fn list<T: DeserializeOwned>(
+    /// A whole list, `page_size` objects at a time (`limit` and `continue`), each page handed
+    /// to `each` before the next is requested, so that only one page is ever in memory. The
+    /// items are deserialized straight from the response bytes; one that does not decode as a
+    /// `T` is logged and skipped rather than failing every list after it. Returns the list's
+    /// resourceVersion: every page is read at the first one's, so a watch from it misses
+    /// nothing.
+    pub async fn list_pages<T: DeserializeOwned>(
         &self,
         path: &str,
-    ) -> Result<(Vec<T>, String), ClientError> {
-        let v = self
-            .call(Method::GET, path, "application/json", None)
-            .await?;
-        let rv = v["metadata"]["resourceVersion"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        let items =
-            serde_json::from_value(v["items"].clone()).map_err(|source| ClientError::Decode {
-                path: path.into(),
-                source,
-            })?;
-        Ok((items, rv))
+        page_size: usize,
+        mut each: impl FnMut(Vec<T>),
+    ) -> Result<String, ClientError> {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let mut resource_version: Option<String> = None;
+        let mut token: Option<String> = None;
+        loop {
+            let mut page_path = format!("{path}{sep}limit={}", page_size.max(1));
+            if let Some(t) = &token {
+                page_path.push_str("&continue=");
+                page_path.push_str(&query_escape(t));
+            }
+            let bytes = self
+                .call_bytes(Method::GET, &page_path, "application/json", None)
+                .await?;
+            let page: List<&RawValue> = decode_bytes(&page_path, &bytes)?;
+            let mut items = Vec::with_capacity(page.items.len());
+            for raw in page.items {
+                match serde_json::from_str::<T>(raw.get()) {
+                    Ok(item) => items.push(item),
+                    Err(e) => {
+                        tracing::warn!(path, error = %e, "skipping a listed object that does not decode");
+                    }
+                }
+            }
+            each(items);
+            if resource_version.is_none() {
+                resource_version = Some(page.metadata.resource_version.unwrap_or_default());
+            }
+            match page.metadata.continue_.filter(|c| !c.is_empty()) {
+                Some(c) => token = Some(c),
+                None => return Ok(resource_version.unwrap_or_default()),
+            }
+        }
     }
 
     pub async fn post(&self, path: &str, body: &Value) -> Result<Value, ClientError> {
@@ -201,6 +263,13 @@ impl Client {
             buf: Vec::new(),
         })
     }
+}
+
+fn decode_bytes<'a, T: Deserialize<'a>>(path: &str, bytes: &'a [u8]) -> Result<T, ClientError> {
+    serde_json::from_slice(bytes).map_err(|source| ClientError::Decode {
+        path: path.into(),
+        source,
+    })
 }
 
 /// One watch event: `ADDED`, `MODIFIED`, `DELETED` or `BOOKMARK`, and the object.
@@ -247,9 +316,13 @@ impl WatchStream {
             source,
         })?;
         let kind = v["type"].as_str().unwrap_or_default().to_string();
-        let object = v["object"].take();
+        // Not `v["object"]`: indexing to mutate panics on anything but an object or null.
+        let object = v.get_mut("object").map(Value::take).unwrap_or_default();
         if kind == "ERROR" {
-            let code = object["code"].as_u64().unwrap_or(500) as u16;
+            let code = object["code"]
+                .as_u64()
+                .and_then(|c| u16::try_from(c).ok())
+                .unwrap_or(500);
             return Err(ClientError::Status {
                 request: format!("GET {}", self.path),
                 code,
@@ -281,7 +354,7 @@ impl Backoff {
     /// The delay to wait now; each call doubles the next one up to the maximum.
     pub fn next_delay(&mut self) -> Duration {
         let d = self.next;
-        self.next = (self.next * 2).min(self.max);
+        self.next = self.next.saturating_mul(2).min(self.max);
         d
     }
 
@@ -316,6 +389,48 @@ mod tests {
         let gone = w.next().await.unwrap().unwrap_err();
         assert_eq!(gone.code(), Some(410));
         assert!(w.next().await.is_none(), "the stream ends");
+    }
+
+    #[test]
+    fn list_pages_decode_from_bytes() {
+        let body = br#"{"kind":"PodList","apiVersion":"v1",
+            "metadata":{"resourceVersion":"17","continue":"abc"},
+            "items":[{"metadata":{"name":"a"}},{"metadata":{"name":"b"}}]}"#;
+        let page: List<&RawValue> = decode_bytes("/api/v1/pods", body).unwrap();
+        assert_eq!(page.metadata.resource_version.as_deref(), Some("17"));
+        assert_eq!(page.metadata.continue_.as_deref(), Some("abc"));
+        assert_eq!(page.items.len(), 2);
+        let pod: k8s_openapi::api::core::v1::Pod =
+            serde_json::from_str(page.items[1].get()).unwrap();
+        assert_eq!(pod.metadata.name.as_deref(), Some("b"));
+        // Missing metadata or items: an empty page, not an error.
+        let empty: List<&RawValue> = decode_bytes("/x", b"{}").unwrap();
+        assert!(empty.items.is_empty() && empty.metadata.continue_.is_none());
+        assert!(decode_bytes::<List<&RawValue>>("/x", b"5").is_err());
+        assert_eq!(query_escape("aZ09-_.~"), "aZ09-_.~");
+        assert_eq!(query_escape("a+b/c=&"), "a%2Bb%2Fc%3D%26");
+    }
+
+    #[tokio::test]
+    async fn odd_watch_lines_are_errors_or_events_not_panics() {
+        let mut w = stream("[1,2]\n5\n\"s\"\n{\"type\":7}\nnot json\n{}\n");
+        for _ in 0..5 {
+            if let Ok(ev) = w.next().await.unwrap() {
+                assert!(ev.kind.is_empty() && ev.object.is_null(), "{ev:?}");
+            }
+        }
+        assert!(
+            w.next().await.unwrap().is_ok(),
+            "{{}}: an event with no type"
+        );
+        assert!(w.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn watch_error_codes_out_of_range() {
+        let mut w =
+            stream("{\"type\":\"ERROR\",\"object\":{\"code\":4294967706,\"message\":\"odd\"}}\n");
+        assert_eq!(w.next().await.unwrap().unwrap_err().code(), Some(500));
     }
 
     #[test]

@@ -107,9 +107,12 @@ fn container_requests(c: &Container) -> Resources {
     out
 }
 
+/// Sums saturate: a node or pod reporting absurd amounts must not overflow (a panic in debug
+/// builds, a wrapped-around decision in release).
 fn add_into(total: &mut Resources, r: &Resources) {
     for (k, v) in r {
-        *total.entry(k.clone()).or_default() += v;
+        let e = total.entry(k.clone()).or_default();
+        *e = e.saturating_add(*v);
     }
 }
 
@@ -133,7 +136,8 @@ pub fn pod_requests(pod: &Pod) -> Resources {
     }
     for (name, q) in spec.overhead.iter().flatten() {
         if let Ok(v) = parse_milli(&q.0) {
-            *total.entry(name.clone()).or_default() += v.max(0);
+            let e = total.entry(name.clone()).or_default();
+            *e = e.saturating_add(v.max(0));
         }
     }
     total
@@ -332,9 +336,9 @@ pub fn resource_reasons(pod: &Pod, node: &Node, usage: &NodeUsage) -> Vec<Reason
     let alloc = node_allocatable(node);
     let used = &usage.requested;
     let mut reasons = Vec::new();
-    let count = usage.pods as i128;
+    let count = i128::try_from(usage.pods).unwrap_or(i128::MAX);
     let max_pods = alloc.get("pods").copied().unwrap_or(0) / 1000;
-    if count + 1 > max_pods {
+    if count.saturating_add(1) > max_pods {
         reasons.push(Reason::TooManyPods);
     }
     for (name, want) in pod_requests(pod) {
@@ -343,7 +347,8 @@ pub fn resource_reasons(pod: &Pod, node: &Node, usage: &NodeUsage) -> Vec<Reason
         }
         let have = alloc.get(&name).copied().unwrap_or(0);
         let taken = used.get(&name).copied().unwrap_or(0);
-        if want > have - taken {
+        // Saturating: a node may report anything (i128::MAX, negative amounts).
+        if want > have.saturating_sub(taken) {
             reasons.push(Reason::Insufficient(name));
         }
     }
@@ -676,6 +681,63 @@ pub(crate) mod tests {
             node(json!({"status": {"allocatable": null, "capacity": {"cpu": "1", "pods": "1"}}}));
         assert!(check(&with_cpu("1"), &cap, &[]).is_empty());
         assert!(!check(&with_cpu("2"), &cap, &[]).is_empty());
+    }
+
+    #[test]
+    fn extreme_quantities_do_not_overflow() {
+        let max_units = (i128::MAX / 1000).to_string();
+        let min_units = format!("-{max_units}");
+        let huge = node(json!({"status": {"allocatable": {
+            "cpu": max_units, "memory": max_units, "pods": max_units}}}));
+        let negative = node(json!({"status": {"allocatable": {
+            "cpu": min_units, "memory": "1e-2147483648", "pods": "110"}}}));
+        let greedy = pod(json!({"spec": {"containers": [
+            {"name": "a", "image": "i", "resources": {"requests": {"cpu": max_units}}},
+            {"name": "b", "image": "i", "resources": {"requests": {"cpu": max_units}}}],
+            "overhead": {"cpu": max_units}}}));
+        // Two containers of i128::MAX-ish cpu plus overhead: the sum saturates.
+        assert_eq!(pod_requests(&greedy)["cpu"], i128::MAX);
+        // Usage near the limit, a node reporting i128::MAX-ish or negative amounts: answers,
+        // no overflow.
+        assert_eq!(
+            check(&greedy, &huge, &[&greedy, &greedy]),
+            vec![Reason::Insufficient("cpu".into())]
+        );
+        let half = with_cpu(&(i128::MAX / 2000).to_string());
+        assert!(check(&with_cpu("1"), &huge, &[&half]).is_empty());
+        assert_eq!(
+            check(&with_cpu("2"), &huge, &[&half, &half]),
+            vec![Reason::Insufficient("cpu".into())]
+        );
+        assert_eq!(
+            check(&with_cpu("1"), &huge, &[&greedy]),
+            vec![Reason::Insufficient("cpu".into())]
+        );
+        assert_eq!(
+            check(&greedy, &negative, &[&greedy]),
+            vec![Reason::Insufficient("cpu".into())]
+        );
+        // The absurd memory is unparseable: no memory at all.
+        assert!(!node_allocatable(&negative).contains_key("memory"));
+        let mem = pod(json!({"spec": {"containers": [{"name": "c", "image": "i",
+            "resources": {"requests": {"memory": "1Mi"}}}]}}));
+        assert_eq!(
+            check(&mem, &negative, &[]),
+            vec![Reason::Insufficient("memory".into())]
+        );
+        // A pod count at the limit of usize.
+        let crowded = NodeUsage {
+            pods: usize::MAX,
+            ..NodeUsage::default()
+        };
+        assert_eq!(
+            resource_reasons(&pod(json!({})), &huge, &crowded),
+            Vec::<Reason>::new()
+        );
+        assert_eq!(
+            resource_reasons(&pod(json!({})), &negative, &crowded),
+            vec![Reason::TooManyPods]
+        );
     }
 
     #[test]

@@ -120,7 +120,7 @@ pub fn next_spec(
                 lease_transitions: Some(if previous.is_empty() || previous == me {
                     transitions
                 } else {
-                    transitions + 1
+                    transitions.saturating_add(1)
                 }),
                 ..LeaseSpec::default()
             }
@@ -211,7 +211,7 @@ impl LeaderElector {
     /// Campaigns forever, publishing whether we lead on `leading`. A leader that cannot renew
     /// steps down after two thirds of the lease duration, before anyone may take over.
     pub async fn run(&self, leading: watch::Sender<bool>) {
-        let renew_deadline = self.lease_duration * 2 / 3;
+        let renew_deadline = self.lease_duration.saturating_mul(2) / 3;
         let mut last_renew: Option<tokio::time::Instant> = None;
         loop {
             let started = tokio::time::Instant::now();

@@ -14,8 +14,12 @@ pub mod score;
 pub mod summary;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+use futures_util::FutureExt;
 
 use k8s_openapi::api::core::v1::{Node, Pod, PodCondition};
 use serde_json::{Value, json};
@@ -25,7 +29,7 @@ use tokio::time::Instant;
 
 use crate::api::ApiServer;
 use crate::api::auth::User;
-use client::{Backoff, Client, ClientError, WatchStream};
+use client::{Backoff, Client, ClientError, LIST_PAGE_SIZE, WatchStream};
 use filter::{NodeState, Reason, failure_message, filter_node, is_terminal};
 use leader::{Clock, LeaderElector, SystemClock};
 use summary::{NO_USAGE, NodeUsage, PodSummary, summarize};
@@ -48,8 +52,10 @@ pub enum ScheduleError {
         #[source]
         source: ClientError,
     },
-    #[error("the {0} watch ended")]
-    WatchEnded(&'static str),
+    /// The server ended a watch long before its timeout: something is wrong, so list again
+    /// (after a backoff) rather than resume in a tight loop.
+    #[error("the {0} watch ended before its timeout")]
+    WatchEndedEarly(&'static str),
     #[error("decoding a {what} from its watch: {source}")]
     Decode {
         what: &'static str,
@@ -93,8 +99,12 @@ pub struct SchedulerConfig {
     pub renew_interval: Duration,
     /// Unschedulable pods are tried again this often even if nothing changed.
     pub unschedulable_retry: Duration,
-    /// Watches are restarted (with a fresh list) after this long.
+    /// Each watch request lasts this long (its `timeoutSeconds`); then it is resumed from the
+    /// last resourceVersion seen, keeping the cache. Only a 410 Gone or another error makes
+    /// the scheduler list everything again.
     pub watch_timeout: Duration,
+    /// Lists are read this many objects a page (`limit`), one page in memory at a time.
+    pub list_page_size: usize,
     /// A `FailedScheduling` event like the pod's last one (same message) within this long
     /// updates that event's count instead of creating another.
     pub event_aggregation_window: Duration,
@@ -114,6 +124,7 @@ impl Default for SchedulerConfig {
             renew_interval: Duration::from_secs(3),
             unschedulable_retry: Duration::from_secs(60),
             watch_timeout: Duration::from_secs(300),
+            list_page_size: LIST_PAGE_SIZE,
             event_aggregation_window: Duration::from_secs(600),
             event_min_interval: Duration::from_secs(30),
         }
@@ -175,13 +186,20 @@ pub fn select_node(pod: &Pod, nodes: &[NodeState<'_>]) -> Result<String, Unsched
         });
     }
     let scores = score::score_nodes(pod, &feasible);
-    let mut best = 0;
-    for (i, s) in scores.iter().enumerate() {
-        if *s > scores[best] {
-            best = i;
+    // The first of the highest scores (`max_by_key` would take the last).
+    let mut best: Option<(i64, &NodeState<'_>)> = None;
+    for (state, score) in feasible.iter().zip(scores) {
+        if best.is_none_or(|(b, _)| score > b) {
+            best = Some((score, state));
         }
     }
-    Ok(feasible[best].name().to_string())
+    match best {
+        Some((_, state)) => Ok(state.name().to_string()),
+        None => Err(Unschedulable {
+            total_nodes: nodes.len(),
+            reasons,
+        }),
+    }
 }
 
 /// Whether this scheduler should place the pod: no node yet, not being deleted, not finished,
@@ -401,14 +419,18 @@ impl State {
 
     fn retry_later(&mut self, key: &str) {
         let attempts = self.attempts.entry(key.to_string()).or_insert(0);
-        *attempts += 1;
+        *attempts = attempts.saturating_add(1);
         let delay = Duration::from_millis(250 << (*attempts).min(7)).min(Duration::from_secs(30));
         self.unschedulable.remove(key);
-        self.backoff.insert(key.to_string(), Instant::now() + delay);
+        self.backoff.insert(key.to_string(), after(delay));
     }
 
     fn apply_node(&mut self, kind: &str, node: Node) {
-        let name = node.metadata.name.clone().unwrap_or_default();
+        let Some(name) = node.metadata.name.clone().filter(|n| !n.is_empty()) else {
+            // Nothing could be bound to it (the API never serves one).
+            tracing::debug!(kind, "ignoring a node without a name");
+            return;
+        };
         if kind == "DELETED" {
             self.nodes.remove(&name);
             return;
@@ -452,6 +474,11 @@ impl State {
     }
 
     fn apply_pod(&mut self, kind: &str, mut pod: Pod, scheduler_name: &str) {
+        if pod.metadata.name.as_deref().is_none_or(str::is_empty) {
+            // It could be neither bound nor told apart from others (the API never serves one).
+            tracing::debug!(kind, "ignoring a pod without a name");
+            return;
+        }
         let key = pod_key(&pod);
         if kind == "DELETED" {
             self.pending.remove(&key);
@@ -511,11 +538,67 @@ impl State {
     }
 }
 
+/// Counters of what the scheduler did, for tests and diagnostics
+/// ([`Scheduler::stats`]).
+#[derive(Debug, Default)]
+pub struct SchedulerStats {
+    relists: AtomicU64,
+    rewatches: AtomicU64,
+    panics: AtomicU64,
+}
+
+impl SchedulerStats {
+    /// How many times all pods and nodes were listed (once per session: at the start and
+    /// after a 410 Gone or another error).
+    pub fn relists(&self) -> u64 {
+        self.relists.load(Ordering::Relaxed)
+    }
+
+    /// How many times a watch that ended normally (its timeout) was resumed from the last
+    /// resourceVersion seen, without a list.
+    pub fn rewatches(&self) -> u64 {
+        self.rewatches.load(Ordering::Relaxed)
+    }
+
+    /// How many sessions ended in a panic (caught, logged, and started again).
+    pub fn panics(&self) -> u64 {
+        self.panics.load(Ordering::Relaxed)
+    }
+}
+
+/// `now + d`, or a far future when that is not representable.
+fn after(d: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(d)
+        .or_else(|| now.checked_add(Duration::from_secs(86_400 * 365)))
+        .unwrap_or(now)
+}
+
+/// Where a watch of one resource stands: the stream and the last resourceVersion seen (from
+/// the list, events and bookmarks), to resume from when the stream ends.
+struct Watched {
+    what: &'static str,
+    path: &'static str,
+    resource_version: String,
+    stream: WatchStream,
+    started: Instant,
+}
+
+/// The resourceVersion of a watch event's object, if it has one.
+fn event_resource_version(object: &Value) -> Option<&str> {
+    object
+        .get("metadata")
+        .and_then(|m| m.get("resourceVersion"))
+        .and_then(Value::as_str)
+        .filter(|rv| !rv.is_empty())
+}
+
 /// The scheduler: campaigns for the lease (if configured) and schedules while it leads.
 pub struct Scheduler {
     client: Client,
     config: SchedulerConfig,
     clock: Arc<dyn Clock>,
+    stats: Arc<SchedulerStats>,
 }
 
 impl Scheduler {
@@ -528,7 +611,13 @@ impl Scheduler {
             client: Client::new(api, user),
             config,
             clock: Arc::new(SystemClock),
+            stats: Arc::default(),
         }
+    }
+
+    /// The scheduler's counters; they stay readable after [`Scheduler::run`] took it.
+    pub fn stats(&self) -> Arc<SchedulerStats> {
+        self.stats.clone()
     }
 
     /// Runs until the future is dropped (or its task aborted). Everything, the election
@@ -560,71 +649,94 @@ impl Scheduler {
             }
             tracing::info!(identity = %self.config.identity, "scheduling");
             let started = Instant::now();
-            match self.session(&mut leading).await {
-                Ok(()) => {
+            // A bug must not end scheduling for good: where panics unwind (debug builds, tests)
+            // the session's cache is dropped and a new session lists afresh. (Release builds
+            // abort on panic; nothing in the scheduler should panic on API data anyway.)
+            let outcome = AssertUnwindSafe(self.session(&mut leading))
+                .catch_unwind()
+                .await;
+            match outcome {
+                Ok(Ok(())) => {
                     tracing::info!(identity = %self.config.identity, "stopped scheduling: not the leader");
                     backoff.reset();
                 }
-                Err(ScheduleError::WatchEnded(what)) => {
-                    tracing::debug!(what, "watch ended; listing again");
-                    backoff.reset();
-                }
-                Err(e) => {
+                Ok(Err(e)) => {
                     if started.elapsed() > Duration::from_secs(60) {
                         backoff.reset();
                     }
                     let delay = backoff.next_delay();
-                    tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "scheduler");
+                    tracing::warn!(error = %e, retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX), "scheduler");
+                    tokio::time::sleep(delay).await;
+                }
+                Err(panic) => {
+                    self.stats.panics.fetch_add(1, Ordering::Relaxed);
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| (*s).to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    let delay = backoff.next_delay();
+                    tracing::error!(panic = %what, retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX), "scheduler session panicked; starting over");
                     tokio::time::sleep(delay).await;
                 }
             }
         }
     }
 
+    /// How long each watch request lasts (whole seconds, at least one).
+    fn watch_timeout(&self) -> Duration {
+        Duration::from_secs(self.config.watch_timeout.as_secs().max(1))
+    }
+
     fn watch_path(&self, base: &str, rv: &str) -> String {
         format!(
             "{base}?watch=1&allowWatchBookmarks=true&resourceVersion={rv}&timeoutSeconds={}",
-            self.config.watch_timeout.as_secs().max(1)
+            self.watch_timeout().as_secs()
         )
     }
 
-    /// One list+watch session: schedules until leadership is lost (Ok) or a watch fails.
+    /// One list+watch session: lists pods and nodes (page by page), then schedules from the
+    /// watches until leadership is lost (Ok) or a watch fails (410 Gone included: the caller
+    /// starts a new session, which lists again). A watch that merely times out is resumed
+    /// from the last resourceVersion seen, keeping the cache.
     async fn session(&self, leading: &mut watch::Receiver<bool>) -> Result<(), ScheduleError> {
         let name = self.config.scheduler_name.as_str();
-        let (pods, pods_rv) = self
+        let mut state = State::default();
+        self.stats.relists.fetch_add(1, Ordering::Relaxed);
+        let nodes_rv = self
             .client
-            .list::<Pod>("/api/v1/pods")
+            .list_pages::<Node>("/api/v1/nodes", self.config.list_page_size, |page| {
+                for n in page {
+                    state.apply_node("ADDED", n);
+                }
+            })
+            .await
+            .map_err(|source| ScheduleError::List {
+                what: "nodes",
+                source,
+            })?;
+        // Bound pods are summarized as each page arrives: no page outlives its loop.
+        let pods_rv = self
+            .client
+            .list_pages::<Pod>("/api/v1/pods", self.config.list_page_size, |page| {
+                for p in page {
+                    state.apply_pod("ADDED", p, name);
+                }
+            })
             .await
             .map_err(|source| ScheduleError::List {
                 what: "pods",
                 source,
             })?;
-        let (nodes, nodes_rv) =
-            self.client
-                .list::<Node>("/api/v1/nodes")
-                .await
-                .map_err(|source| ScheduleError::List {
-                    what: "nodes",
-                    source,
-                })?;
-        let mut state = State::default();
-        for n in nodes {
-            state.apply_node("ADDED", n);
-        }
-        for p in pods {
-            state.apply_pod("ADDED", p, name);
-        }
-        let mut pod_watch = self.start_watch("pods", "/api/v1/pods", &pods_rv).await?;
-        let mut node_watch = self
-            .start_watch("nodes", "/api/v1/nodes", &nodes_rv)
-            .await?;
-        let mut next_flush = Instant::now() + self.config.unschedulable_retry;
+        let mut pods = self.start_watch("pods", "/api/v1/pods", pods_rv).await?;
+        let mut nodes = self.start_watch("nodes", "/api/v1/nodes", nodes_rv).await?;
+        let mut next_flush = after(self.config.unschedulable_retry);
         let far = Duration::from_secs(3600);
         loop {
             if !*leading.borrow() {
                 return Ok(());
             }
-            let backoff_at = state.next_backoff().unwrap_or_else(|| Instant::now() + far);
+            let backoff_at = state.next_backoff().unwrap_or_else(|| after(far));
             tokio::select! {
                 biased;
                 changed = leading.changed() => {
@@ -632,22 +744,20 @@ impl Scheduler {
                         return Ok(());
                     }
                 }
-                ev = pod_watch.next() => {
-                    let (kind, obj) = watch_item("pods", ev)?;
-                    if kind != "BOOKMARK" {
-                        let pod: Pod = decode("pod", obj)?;
-                        state.apply_pod(&kind, pod, name);
+                ev = pods.stream.next() => {
+                    if let Some(ev) = self.watch_event(&mut pods, ev).await? {
+                        let pod: Pod = decode("pod", ev.object)?;
+                        state.apply_pod(&ev.kind, pod, name);
                     }
                 }
-                ev = node_watch.next() => {
-                    let (kind, obj) = watch_item("nodes", ev)?;
-                    if kind != "BOOKMARK" {
-                        let node: Node = decode("node", obj)?;
-                        state.apply_node(&kind, node);
+                ev = nodes.stream.next() => {
+                    if let Some(ev) = self.watch_event(&mut nodes, ev).await? {
+                        let node: Node = decode("node", ev.object)?;
+                        state.apply_node(&ev.kind, node);
                     }
                 }
                 _ = tokio::time::sleep_until(next_flush) => {
-                    next_flush = Instant::now() + self.config.unschedulable_retry;
+                    next_flush = after(self.config.unschedulable_retry);
                     state.flush_unschedulable();
                 }
                 _ = tokio::time::sleep_until(backoff_at) => state.backoff_due(),
@@ -664,16 +774,57 @@ impl Scheduler {
         }
     }
 
+    /// What one item of a watch means: an object event to apply (Some), a bookmark or the
+    /// end of the stream, after which the watch goes on from the last resourceVersion (None),
+    /// or an error (410 Gone and the like) that ends the session.
+    async fn watch_event(
+        &self,
+        w: &mut Watched,
+        ev: Option<Result<client::WatchEvent, ClientError>>,
+    ) -> Result<Option<client::WatchEvent>, ScheduleError> {
+        let ev = match ev {
+            None => {
+                if w.started.elapsed() < self.watch_timeout() / 2 {
+                    return Err(ScheduleError::WatchEndedEarly(w.what));
+                }
+                tracing::debug!(what = w.what, resource_version = %w.resource_version, "watch ended; resuming it");
+                self.stats.rewatches.fetch_add(1, Ordering::Relaxed);
+                let rv = std::mem::take(&mut w.resource_version);
+                *w = self.start_watch(w.what, w.path, rv).await?;
+                return Ok(None);
+            }
+            Some(Err(source)) => {
+                return Err(ScheduleError::Watch {
+                    what: w.what,
+                    source,
+                });
+            }
+            Some(Ok(ev)) => ev,
+        };
+        if let Some(rv) = event_resource_version(&ev.object) {
+            rv.clone_into(&mut w.resource_version);
+        }
+        Ok((ev.kind != "BOOKMARK").then_some(ev))
+    }
+
     async fn start_watch(
         &self,
         what: &'static str,
-        base: &str,
-        rv: &str,
-    ) -> Result<WatchStream, ScheduleError> {
-        self.client
-            .watch(&self.watch_path(base, rv))
+        path: &'static str,
+        resource_version: String,
+    ) -> Result<Watched, ScheduleError> {
+        let stream = self
+            .client
+            .watch(&self.watch_path(path, &resource_version))
             .await
-            .map_err(|source| ScheduleError::Watch { what, source })
+            .map_err(|source| ScheduleError::Watch { what, source })?;
+        Ok(Watched {
+            what,
+            path,
+            resource_version,
+            stream,
+            started: Instant::now(),
+        })
     }
 
     /// Tries to place one queued pod.
@@ -900,17 +1051,6 @@ impl Scheduler {
                 source,
             }),
         }
-    }
-}
-
-fn watch_item(
-    what: &'static str,
-    ev: Option<Result<client::WatchEvent, ClientError>>,
-) -> Result<(String, Value), ScheduleError> {
-    match ev {
-        None => Err(ScheduleError::WatchEnded(what)),
-        Some(Err(source)) => Err(ScheduleError::Watch { what, source }),
-        Some(Ok(ev)) => Ok((ev.kind, ev.object)),
     }
 }
 
@@ -1350,6 +1490,87 @@ mod tests {
                 count: 4
             }
         );
+    }
+
+    #[test]
+    fn odd_objects_do_not_panic() {
+        let mut s = State::default();
+        // Nameless (or empty-named) pods and nodes are ignored, whatever else they lack.
+        let mut nameless = named_pod("x", json!({}));
+        nameless.metadata.name = None;
+        s.apply_pod("ADDED", nameless.clone(), DEFAULT_SCHEDULER_NAME);
+        nameless.metadata.name = Some(String::new());
+        s.apply_pod("MODIFIED", nameless.clone(), DEFAULT_SCHEDULER_NAME);
+        s.apply_pod("DELETED", nameless, DEFAULT_SCHEDULER_NAME);
+        s.apply_pod("ADDED", Pod::default(), DEFAULT_SCHEDULER_NAME);
+        s.apply_node("ADDED", Node::default());
+        let mut empty_name = named_node("n", "1");
+        empty_name.metadata.name = Some(String::new());
+        s.apply_node("ADDED", empty_name);
+        assert!(s.pending.is_empty() && s.bound.is_empty() && s.nodes.is_empty());
+        assert!(s.pop().is_none());
+        // A pod without a spec or namespace, a node without status: no panic anywhere.
+        let mut bare = Pod::default();
+        bare.metadata.name = Some("bare".into());
+        s.apply_pod("ADDED", bare.clone(), DEFAULT_SCHEDULER_NAME);
+        let mut bare_node = Node::default();
+        bare_node.metadata.name = Some("bare".into());
+        s.apply_node("ADDED", bare_node);
+        assert!(
+            s.pending.is_empty() && s.bound.is_empty(),
+            "no spec: neither ours to schedule nor on a node"
+        );
+        assert!(select_node(&bare, &s.node_states()).is_err());
+        assert!(select_node(&named_pod("p", json!({})), &s.node_states()).is_err());
+        s.apply_pod("DELETED", bare, DEFAULT_SCHEDULER_NAME);
+        assert!(s.bound.is_empty());
+        // Retries back off without overflowing however often they fail.
+        s.attempts.insert("default/p".into(), u32::MAX);
+        s.retry_later("default/p");
+        assert_eq!(s.attempts["default/p"], u32::MAX);
+        assert!(after(Duration::MAX) > Instant::now());
+    }
+
+    #[test]
+    fn ties_go_to_the_first_node() {
+        let a = named_node("a", "4");
+        let b = named_node("b", "4");
+        let states = [
+            NodeState {
+                node: &a,
+                usage: &NO_USAGE,
+            },
+            NodeState {
+                node: &b,
+                usage: &NO_USAGE,
+            },
+        ];
+        assert_eq!(select_node(&pod(json!({})), &states), Ok("a".into()));
+        let reversed = [states[1], states[0]];
+        assert_eq!(select_node(&pod(json!({})), &reversed), Ok("b".into()));
+    }
+
+    #[test]
+    fn resource_versions_of_watch_events() {
+        let obj = |v: Value| v;
+        assert_eq!(
+            event_resource_version(&obj(json!({"metadata": {"resourceVersion": "42"}}))),
+            Some("42")
+        );
+        assert_eq!(
+            event_resource_version(&obj(json!({"metadata": {"resourceVersion": ""}}))),
+            None
+        );
+        assert_eq!(
+            event_resource_version(&obj(json!({"metadata": {"resourceVersion": 42}}))),
+            None
+        );
+        assert_eq!(
+            event_resource_version(&obj(json!({"metadata": null}))),
+            None
+        );
+        assert_eq!(event_resource_version(&obj(json!([1, 2]))), None);
+        assert_eq!(event_resource_version(&Value::Null), None);
     }
 
     #[test]

@@ -41,8 +41,8 @@ pub fn nonzero_requests(pod: &Pod) -> (Milli, Milli) {
     let (mut cpu, mut mem) = (0, 0);
     for c in &spec.containers {
         let (c, m) = container_nonzero(c);
-        cpu += c;
-        mem += m;
+        cpu = saturating_add_request(cpu, c);
+        mem = saturating_add_request(mem, m);
     }
     for c in spec.init_containers.iter().flatten() {
         let (c, m) = container_nonzero(c);
@@ -52,18 +52,36 @@ pub fn nonzero_requests(pod: &Pod) -> (Milli, Milli) {
     (cpu, mem)
 }
 
-fn free_fraction(allocatable: Milli, requested: Milli) -> i64 {
+/// Adds a request to a total: negative requests count as none, sums saturate.
+fn saturating_add_request(total: Milli, request: Milli) -> Milli {
+    total.saturating_add(request.max(0))
+}
+
+/// The percentage (0..=100) of `allocatable` left after `requested`. Any values, however
+/// absurd (i128::MAX, negative), give a percentage: nothing here can overflow.
+pub fn free_fraction(allocatable: Milli, requested: Milli) -> i64 {
+    let requested = requested.max(0);
     if allocatable <= 0 || requested > allocatable {
         return 0;
     }
-    ((allocatable - requested) * 100 / allocatable) as i64
+    // 0 <= free <= allocatable, and free * 100 only overflows for allocatable > i128::MAX /
+    // 100, where dividing both by 100 first loses nothing that matters.
+    let free = allocatable - requested;
+    let pct = match free.checked_mul(100) {
+        Some(f) => f / allocatable,
+        None => free / (allocatable / 100),
+    };
+    i64::try_from(pct.clamp(0, 100)).unwrap_or(0)
 }
 
 /// Least allocated: the average share of cpu and memory left after placing the pod.
 pub fn least_allocated(pod: &Pod, state: &NodeState<'_>) -> i64 {
     let alloc = node_allocatable(state.node);
     let (cpu, mem) = nonzero_requests(pod);
-    let (cpu, mem) = (cpu + state.usage.nonzero.0, mem + state.usage.nonzero.1);
+    let (cpu, mem) = (
+        saturating_add_request(cpu, state.usage.nonzero.0),
+        saturating_add_request(mem, state.usage.nonzero.1),
+    );
     let cpu_score = free_fraction(alloc.get("cpu").copied().unwrap_or(0), cpu);
     let mem_score = free_fraction(alloc.get("memory").copied().unwrap_or(0), mem);
     (cpu_score + mem_score) / 2
@@ -96,7 +114,14 @@ pub fn inverse_scores(counts: &[usize]) -> Vec<i64> {
     let max = counts.iter().copied().max().unwrap_or(0);
     counts
         .iter()
-        .map(|c| ((max - c) * 100).checked_div(max).map_or(100, |v| v as i64))
+        .map(|c| {
+            // In u128: (max - c) * 100 cannot overflow for any usize counts.
+            let wide = |n: usize| u128::try_from(n).unwrap_or(u128::MAX);
+            let pct = (wide(max.saturating_sub(*c)) * 100)
+                .checked_div(wide(max))
+                .map_or(100, |v| v.min(100));
+            i64::try_from(pct).unwrap_or(100)
+        })
         .collect()
 }
 
@@ -172,6 +197,53 @@ mod tests {
         };
         assert_eq!(least_allocated(&p, &big_state), 75);
         assert_eq!(score_nodes(&p, &[empty, big_state]), vec![550, 575]);
+    }
+
+    #[test]
+    fn extreme_values_score_without_overflow() {
+        assert_eq!(free_fraction(i128::MAX, 0), 100);
+        assert_eq!(
+            free_fraction(i128::MAX, -5),
+            100,
+            "negative requests count as none"
+        );
+        assert_eq!(free_fraction(i128::MAX, i128::MAX / 2), 50);
+        assert_eq!(free_fraction(i128::MAX, i128::MAX), 0);
+        assert_eq!(free_fraction(i128::MAX, i128::MAX - 1), 0);
+        assert_eq!(free_fraction(i128::MAX / 100 + 1, 0), 100);
+        assert_eq!(free_fraction(i128::MIN, 0), 0);
+        assert_eq!(free_fraction(-1, i128::MIN), 0);
+        assert_eq!(free_fraction(1000, i128::MIN), 100);
+        assert_eq!(free_fraction(1000, 2000), 0);
+        assert_eq!(inverse_scores(&[usize::MAX, 0]), vec![0, 100]);
+        assert_eq!(inverse_scores(&[usize::MAX, usize::MAX / 2]), vec![0, 50]);
+
+        let max_units = (i128::MAX / 1000).to_string();
+        let huge =
+            node(json!({"status": {"allocatable": {"cpu": max_units, "memory": max_units}}}));
+        let negative = node(json!({"status": {"allocatable": {
+            "cpu": format!("-{max_units}"), "memory": "-1"}}}));
+        let greedy = pod(json!({"spec": {"containers": [
+            {"name": "a", "image": "i", "resources": {"requests": {"cpu": max_units, "memory": "-5"}}},
+            {"name": "b", "image": "i", "resources": {"requests": {"cpu": max_units}}}]}}));
+        assert_eq!(nonzero_requests(&greedy), (i128::MAX, DEFAULT_MEMORY_MILLI));
+        let busy = NodeUsage::of(&[&greedy, &greedy]);
+        assert_eq!(busy.nonzero.0, i128::MAX);
+        for n in [&huge, &negative] {
+            for usage in [&busy, &NodeUsage::default()] {
+                let state = NodeState { node: n, usage };
+                let score = least_allocated(&greedy, &state);
+                assert!((0..=100).contains(&score), "{score}");
+                let total = score_nodes(&greedy, &[state, state]);
+                assert_eq!(total[0], total[1]);
+            }
+        }
+        let empty = NodeState {
+            node: &huge,
+            usage: &NodeUsage::default(),
+        };
+        // Exactly 100 - 100 * requested / allocatable, floored: 99.99...
+        assert_eq!(least_allocated(&pod(json!({})), &empty), 99);
     }
 
     #[test]

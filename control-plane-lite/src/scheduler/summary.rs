@@ -121,7 +121,7 @@ pub static NO_USAGE: NodeUsage = NodeUsage {
 
 fn decrement<K: Ord>(map: &mut BTreeMap<K, usize>, key: &K) {
     if let Some(n) = map.get_mut(key) {
-        *n -= 1;
+        *n = n.saturating_sub(1);
         if *n == 0 {
             map.remove(key);
         }
@@ -142,27 +142,31 @@ impl NodeUsage {
         self.pods == 0
     }
 
-    /// Counts a pod in (nothing if it is terminal).
+    /// Counts a pod in (nothing if it is terminal). The sums saturate rather than overflow:
+    /// only absurd requests (near i128::MAX thousandths) get there, and then the node just
+    /// looks full.
     pub fn add(&mut self, s: &PodSummary) {
         if s.terminal {
             return;
         }
-        self.pods += 1;
+        self.pods = self.pods.saturating_add(1);
         for (name, v) in s.requests.iter() {
             match self.requested.get_mut(name) {
-                Some(total) => *total += v,
+                Some(total) => *total = total.saturating_add(v),
                 None => {
                     self.requested.insert(name.to_string(), v);
                 }
             }
         }
-        self.nonzero.0 += s.nonzero.0;
-        self.nonzero.1 += s.nonzero.1;
+        self.nonzero.0 = self.nonzero.0.saturating_add(s.nonzero.0);
+        self.nonzero.1 = self.nonzero.1.saturating_add(s.nonzero.1);
         for p in &s.host_ports {
-            *self.host_ports.entry(p.clone()).or_default() += 1;
+            let n = self.host_ports.entry(p.clone()).or_default();
+            *n = n.saturating_add(1);
         }
         if let Some(c) = &s.controller {
-            *self.controllers.entry(c.clone()).or_default() += 1;
+            let n = self.controllers.entry(c.clone()).or_default();
+            *n = n.saturating_add(1);
         }
     }
 
@@ -174,14 +178,14 @@ impl NodeUsage {
         self.pods = self.pods.saturating_sub(1);
         for (name, v) in s.requests.iter() {
             if let Some(total) = self.requested.get_mut(name) {
-                *total -= v;
+                *total = total.saturating_sub(v);
                 if *total <= 0 {
                     self.requested.remove(name);
                 }
             }
         }
-        self.nonzero.0 -= s.nonzero.0;
-        self.nonzero.1 -= s.nonzero.1;
+        self.nonzero.0 = self.nonzero.0.saturating_sub(s.nonzero.0).max(0);
+        self.nonzero.1 = self.nonzero.1.saturating_sub(s.nonzero.1).max(0);
         for p in &s.host_ports {
             decrement(&mut self.host_ports, p);
         }
@@ -274,6 +278,34 @@ mod tests {
             vec![("cpu", 5), ("hugepages-2Mi", 7), ("pods", 1000)],
             "zero entries dropped"
         );
+    }
+
+    #[test]
+    fn usage_saturates_instead_of_overflowing() {
+        let max_units = (i128::MAX / 1000).to_string();
+        let greedy = pod(json!({"spec": {"containers": [{"name": "c", "image": "i",
+            "resources": {"requests": {"cpu": max_units, "memory": max_units}}}]}}));
+        let small = pod(json!({"spec": {"containers": [{"name": "c", "image": "i",
+            "resources": {"requests": {"cpu": "1"}}}]}}));
+        let mut u = NodeUsage::default();
+        for p in [&greedy, &greedy, &small] {
+            u.add(&summarize(p));
+        }
+        assert_eq!(u.pods, 3);
+        assert_eq!(u.requested["cpu"], i128::MAX);
+        assert_eq!(u.nonzero.0, i128::MAX);
+        for p in [&greedy, &greedy, &small, &small] {
+            u.remove(&summarize(p));
+        }
+        // Saturated sums cannot be taken apart exactly; they never go negative or panic.
+        assert_eq!(u.pods, 0);
+        assert!(u.requested.values().all(|v| *v > 0));
+        assert!(u.nonzero.0 >= 0 && u.nonzero.1 >= 0);
+        let mut counts = BTreeMap::new();
+        counts.insert("k", usize::MAX);
+        decrement(&mut counts, &"k");
+        decrement(&mut counts, &"missing");
+        assert_eq!(counts["k"], usize::MAX - 1);
     }
 
     #[test]

@@ -9,41 +9,29 @@
 #[allow(dead_code)]
 mod support;
 
+#[path = "../support/api.rs"]
+#[allow(dead_code)]
+mod api_support;
+
 use std::sync::Arc;
 use std::time::Duration;
 
+use api_support::{Cred, NODE_TOKEN, Reply, TOKEN};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, StatusCode};
 use keelson_server::api::ApiServer;
-use keelson_server::api::auth::Tokens;
-use keelson_server::store::{EmbeddedConfig, EmbeddedStore, Store};
+use keelson_server::store::{EmbeddedConfig, Store};
 use serde_json::{Value, json};
-
-const TOKEN: &str = "admin-token";
 
 struct Api {
     api: ApiServer,
     store: Arc<dyn Store>,
 }
 
-struct Reply {
-    status: StatusCode,
-    headers: hyper::HeaderMap,
-    body: Value,
-}
-
 impl Api {
     async fn new(store: Arc<dyn Store>) -> Api {
-        let api = ApiServer::new(
-            store.clone(),
-            Tokens {
-                admin: TOKEN.into(),
-                node: "node-token".into(),
-            },
-            "127.0.0.1:6443".into(),
-        );
-        api.bootstrap().await.expect("bootstrap");
+        let api = api_support::server(store.clone()).await;
         Api { api, store }
     }
 
@@ -55,18 +43,8 @@ impl Api {
         accept: &str,
         body: Option<&str>,
     ) -> hyper::Response<keelson_server::api::Body> {
-        let mut req = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("Authorization", format!("Bearer {TOKEN}"));
-        if !content_type.is_empty() {
-            req = req.header("Content-Type", content_type);
-        }
-        if !accept.is_empty() {
-            req = req.header("Accept", accept);
-        }
-        let body = Full::new(Bytes::from(body.unwrap_or_default().to_string()));
-        self.api.handle(req.body(body).unwrap(), None).await
+        let headers = [("Content-Type", content_type), ("Accept", accept)];
+        api_support::send(&self.api, &Cred::admin(), method, path, &headers, body).await
     }
 
     async fn call_as(
@@ -78,26 +56,15 @@ impl Api {
         body: Option<Value>,
     ) -> Reply {
         let text = body.map(|b| b.to_string());
-        let resp = self
-            .raw(method, path, content_type, accept, text.as_deref())
-            .await;
-        let status = resp.status();
-        let headers = resp.headers().clone();
-        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-        let body = serde_json::from_slice(&bytes)
-            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
-        Reply {
-            status,
-            headers,
-            body,
-        }
+        api_support::read(
+            self.raw(method, path, content_type, accept, text.as_deref())
+                .await,
+        )
+        .await
     }
 
     async fn call(&self, method: Method, path: &str, body: Option<Value>) -> Reply {
-        let ct = match method {
-            Method::PATCH => "application/merge-patch+json",
-            _ => "application/json",
-        };
+        let ct = api_support::json_content_type(&method);
         self.call_as(method, path, ct, "application/json", body)
             .await
     }
@@ -161,12 +128,8 @@ async fn embedded() -> (Arc<dyn Store>, tempfile::TempDir) {
         compaction_interval: None,
         ..EmbeddedConfig::default()
     };
-    let path = dir.path().to_path_buf();
-    let store = tokio::task::spawn_blocking(move || EmbeddedStore::open(&path, config))
-        .await
-        .unwrap()
-        .unwrap();
-    (Arc::new(store), dir)
+    let store = api_support::open_embedded(dir.path().to_path_buf(), config).await;
+    (store, dir)
 }
 
 /// Runs `scenario` on the embedded store and on etcd.
@@ -1596,14 +1559,7 @@ async fn gc_after_restart(mut fx: impl support::Fixture) {
         .unwrap();
     drop(api);
     let store = fx.restart(store).await;
-    let api = Arc::new(ApiServer::new(
-        store.clone(),
-        Tokens {
-            admin: TOKEN.into(),
-            node: "node-token".into(),
-        },
-        "127.0.0.1:6443".into(),
-    ));
+    let api = Arc::new(api_support::new_server(store.clone(), TOKEN, NODE_TOKEN));
     let gc = keelson_server::api::gc::spawn(api.clone());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
@@ -1645,3 +1601,251 @@ async fn gc_restart_embedded() {
 async fn gc_restart_etcd() {
     gc_after_restart(support::EtcdFixture::new().await).await;
 }
+
+// ---- Reviewer findings: unresolvable owners, pods of missing nodes, pods/binding, apply to
+// a subresource of a missing object.
+
+/// A cluster-scoped object (a Namespace, a Node) whose ownerReference names a namespaced kind
+/// cannot have that owner resolved: the collector leaves it alone (Kubernetes only warns,
+/// `OwnerRefInvalidNamespace`), whether or not an object of that name exists.
+async fn cluster_scoped_dependents_of_namespaced_owners(api: Api) {
+    let owner = api.call(Method::POST, CMS, Some(cm("cm-owner"))).await.body;
+    let refs = json!([{"apiVersion": "v1", "kind": "ConfigMap",
+        "name": owner["metadata"]["name"], "uid": owner["metadata"]["uid"]}]);
+    let r = api
+        .call(
+            Method::POST,
+            "/api/v1/namespaces",
+            Some(json!({"metadata": {"name": "adopted", "ownerReferences": refs}})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let r = api
+        .call(
+            Method::POST,
+            "/api/v1/nodes",
+            Some(json!({"apiVersion": "v1", "kind": "Node",
+                "metadata": {"name": "adopted-node", "ownerReferences": refs}})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    settle(&api).await;
+    assert_eq!(
+        status_of(&api, "/api/v1/namespaces/adopted").await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        status_of(&api, "/api/v1/nodes/adopted-node").await,
+        StatusCode::OK
+    );
+    // Nor once the configmap is gone: the reference is kept as it is.
+    api.call(Method::DELETE, &format!("{CMS}/cm-owner"), None)
+        .await;
+    settle(&api).await;
+    let ns = api
+        .call(Method::GET, "/api/v1/namespaces/adopted", None)
+        .await;
+    assert_eq!(ns.status, StatusCode::OK);
+    assert!(ns.body["metadata"].get("deletionTimestamp").is_none());
+    assert_eq!(ns.body["metadata"]["ownerReferences"], refs);
+    assert_eq!(
+        status_of(&api, "/api/v1/nodes/adopted-node").await,
+        StatusCode::OK
+    );
+}
+both_backends!(
+    invalid_namespace_owner_embedded,
+    invalid_namespace_owner_etcd,
+    cluster_scoped_dependents_of_namespaced_owners
+);
+
+/// A terminating pod bound to a Node that does not exist is deleted once its grace period is
+/// over (Kubernetes' PodGC), so that a namespace holding one finishes deleting; a pod of a
+/// Node that exists is left to its agent.
+async fn pods_of_missing_nodes_do_not_hold_namespaces(api: Api) {
+    let nsp = "/api/v1/namespaces/orphans";
+    api.call(
+        Method::POST,
+        "/api/v1/namespaces",
+        Some(json!({"metadata": {"name": "orphans"}})),
+    )
+    .await;
+    let on = |name: &str, node: &str| {
+        let mut p = pod(name);
+        p["spec"]["nodeName"] = json!(node);
+        p["spec"]["terminationGracePeriodSeconds"] = json!(1);
+        p
+    };
+    let r = api
+        .call(
+            Method::POST,
+            &format!("{nsp}/pods"),
+            Some(on("ghostly", "ghost")),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let r = api
+        .call(
+            Method::POST,
+            "/api/v1/nodes",
+            Some(json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "real"}})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    api.call(Method::POST, PODS, Some(on("on-real", "real")))
+        .await;
+    let r = api
+        .call(Method::DELETE, &format!("{PODS}/on-real"), None)
+        .await;
+    assert!(
+        r.body["metadata"]["deletionTimestamp"].is_string(),
+        "{}",
+        r.body
+    );
+    let r = api.call(Method::DELETE, nsp, None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let r = api
+        .call(Method::GET, &format!("{nsp}/pods/ghostly"), None)
+        .await;
+    assert!(
+        r.body["metadata"]["deletionTimestamp"].is_string(),
+        "{}",
+        r.body
+    );
+    // Within the grace period nothing is forced.
+    settle(&api).await;
+    assert_eq!(status_of(&api, nsp).await, StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    settle(&api).await;
+    assert_eq!(
+        status_of(&api, &format!("{nsp}/pods/ghostly")).await,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(status_of(&api, nsp).await, StatusCode::NOT_FOUND);
+    // The pod of the node that exists still waits for its agent.
+    let r = api
+        .call(Method::GET, &format!("{PODS}/on-real"), None)
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(
+        r.body["metadata"]["deletionTimestamp"].is_string(),
+        "{}",
+        r.body
+    );
+}
+both_backends!(
+    missing_node_pods_embedded,
+    missing_node_pods_etcd,
+    pods_of_missing_nodes_do_not_hold_namespaces
+);
+
+/// `pods/binding` honours `dryRun=All` (checks, writes nothing) and a binding's
+/// `metadata.uid` (409 when it is not the pod's).
+async fn binding_dry_run_and_uid(api: Api) {
+    let r = api.call(Method::POST, PODS, Some(pod("to-bind"))).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let uid = r.body["metadata"]["uid"].as_str().unwrap().to_string();
+    let binding = |uid: Option<&str>| {
+        let mut b = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "to-bind"},
+            "target": {"apiVersion": "v1", "kind": "Node", "name": "n1"}});
+        if let Some(u) = uid {
+            b["metadata"]["uid"] = json!(u);
+        }
+        b
+    };
+    let path = format!("{PODS}/to-bind/binding");
+    let r = api
+        .call(
+            Method::POST,
+            &format!("{path}?dryRun=All"),
+            Some(binding(None)),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let r = api
+        .call(Method::GET, &format!("{PODS}/to-bind"), None)
+        .await;
+    assert!(r.body["spec"].get("nodeName").is_none(), "{}", r.body);
+    assert!(
+        !r.body["status"].to_string().contains("PodScheduled"),
+        "{}",
+        r.body
+    );
+    let r = api
+        .call(
+            Method::POST,
+            &format!("{path}?dryRun=Some"),
+            Some(binding(None)),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    // A dry run still checks: an invalid binding is refused.
+    let r = api
+        .call(
+            Method::POST,
+            &format!("{path}?dryRun=All"),
+            Some(json!({"target": {}})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.body);
+    let r = api
+        .call(
+            Method::POST,
+            &path,
+            Some(binding(Some("00000000-0000-4000-8000-000000000000"))),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.body);
+    assert_eq!(r.body["reason"], "Conflict");
+    assert!(
+        r.body["message"]
+            .as_str()
+            .unwrap()
+            .contains("UID in precondition"),
+        "{}",
+        r.body
+    );
+    let r = api
+        .call(Method::GET, &format!("{PODS}/to-bind"), None)
+        .await;
+    assert!(r.body["spec"].get("nodeName").is_none(), "{}", r.body);
+    let r = api
+        .call(Method::POST, &path, Some(binding(Some(&uid))))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let r = api
+        .call(Method::GET, &format!("{PODS}/to-bind"), None)
+        .await;
+    assert_eq!(r.body["spec"]["nodeName"], "n1");
+}
+both_backends!(
+    binding_dry_run_embedded,
+    binding_dry_run_etcd,
+    binding_dry_run_and_uid
+);
+
+/// Server-side apply to a subresource of a missing object is 404 and creates nothing.
+async fn apply_to_status_of_missing_pod(api: Api) {
+    let status = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "absent"},
+        "status": {"phase": "Running"}});
+    let r = api
+        .call_as(
+            Method::PATCH,
+            &format!("{PODS}/absent/status?fieldManager=t"),
+            "application/apply-patch+yaml",
+            "application/json",
+            Some(status),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.body);
+    assert_eq!(r.body["reason"], "NotFound");
+    assert_eq!(
+        status_of(&api, &format!("{PODS}/absent")).await,
+        StatusCode::NOT_FOUND
+    );
+}
+both_backends!(
+    apply_missing_status_embedded,
+    apply_missing_status_etcd,
+    apply_to_status_of_missing_pod
+);

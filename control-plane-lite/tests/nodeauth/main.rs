@@ -7,9 +7,14 @@
 #[allow(dead_code)]
 mod support;
 
+#[path = "../support/api.rs"]
+#[allow(dead_code)]
+mod api_support;
+
 use std::sync::Arc;
 use std::time::Duration;
 
+use api_support::{Cred, Reply};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
@@ -17,10 +22,10 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use keelson_server::api::ApiServer;
-use keelson_server::api::auth::{Tokens, User, user_from_cert};
+use keelson_server::api::auth::user_from_cert;
 use keelson_server::api::proxy::KubeletClient;
 use keelson_server::pki::{self, Pki};
-use keelson_server::store::{EmbeddedConfig, EmbeddedStore, Store};
+use keelson_server::store::EmbeddedConfig;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::{Value, json};
@@ -31,24 +36,12 @@ use tokio::sync::{Mutex, Notify};
 const PW1: &str = "password-one-0123456789";
 const PW2: &str = "password-two-0123456789";
 
-/// Who a request comes as.
-#[derive(Clone)]
-enum Cred {
-    None,
-    Admin,
-    Bearer(String),
-    Cert(User),
-}
-
 struct Cluster {
     api: Arc<ApiServer>,
     pki: Pki,
+    /// The admin's credentials (the PKI's admin token).
+    admin: Cred,
     _dir: tempfile::TempDir,
-}
-
-struct Reply {
-    status: StatusCode,
-    body: Value,
 }
 
 impl Cluster {
@@ -61,25 +54,13 @@ impl Cluster {
             compaction_interval: None,
             ..EmbeddedConfig::default()
         };
-        let path = dir.path().join("store");
-        let store: Arc<dyn Store> = Arc::new(
-            tokio::task::spawn_blocking(move || EmbeddedStore::open(&path, config))
-                .await
-                .unwrap()
-                .unwrap(),
-        );
-        let api = ApiServer::new(
-            store,
-            Tokens {
-                admin: pki.admin_token.clone(),
-                node: pki.node_token.clone(),
-            },
-            "127.0.0.1:6443".into(),
-        );
+        let store = api_support::open_embedded(dir.path().join("store"), config).await;
+        let api = api_support::new_server(store, &pki.admin_token, &pki.node_token);
         assert!(api.set_kubelet_client(KubeletClient::from_pki(&pki).unwrap()));
         api.bootstrap().await.unwrap();
         Cluster {
             api: Arc::new(api),
+            admin: Cred::Bearer(pki.admin_token.clone()),
             pki,
             _dir: dir,
         }
@@ -91,8 +72,7 @@ impl Cluster {
 
     fn node_cert(&self, name: &str) -> Cred {
         let (cert, _) = pki::issue_node_client_cert(&self.pki, name).unwrap();
-        let der = CertificateDer::from_pem_slice(cert.as_bytes()).unwrap();
-        Cred::Cert(user_from_cert(der.as_ref()).unwrap())
+        cert_user(&cert)
     }
 
     async fn raw(
@@ -102,35 +82,19 @@ impl Cluster {
         path: &str,
         body: Option<Value>,
     ) -> Response<keelson_server::api::Body> {
-        let ct = if method == Method::PATCH {
-            "application/merge-patch+json"
-        } else {
-            "application/json"
-        };
-        let mut req = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("Content-Type", ct);
-        let mut cert = None;
-        match cred {
-            Cred::None => {}
-            Cred::Admin => {
-                req = req.header("Authorization", format!("Bearer {}", self.pki.admin_token))
-            }
-            Cred::Bearer(t) => req = req.header("Authorization", format!("Bearer {t}")),
-            Cred::Cert(u) => cert = Some(u.clone()),
-        }
-        let body = Full::new(Bytes::from(body.map(|b| b.to_string()).unwrap_or_default()));
-        self.api.handle(req.body(body).unwrap(), cert).await
+        let ct = api_support::json_content_type(&method);
+        let text = body.map(|b| b.to_string());
+        let headers = [("Content-Type", ct)];
+        api_support::send(&self.api, cred, method, path, &headers, text.as_deref()).await
     }
 
     async fn call(&self, cred: &Cred, method: Method, path: &str, body: Option<Value>) -> Reply {
-        let resp = self.raw(cred, method, path, body).await;
-        let status = resp.status();
-        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-        let body = serde_json::from_slice(&bytes)
-            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
-        Reply { status, body }
+        api_support::read(self.raw(cred, method, path, body).await).await
+    }
+
+    /// Sends a request without a body as the admin.
+    async fn as_admin(&self, method: Method, path: &str) -> Reply {
+        self.call(&self.admin, method, path, None).await
     }
 
     /// Asserts `status`; returns the body.
@@ -147,35 +111,58 @@ impl Cluster {
         r.body
     }
 
+    /// [`Cluster::expect`] for a GET.
+    async fn get(&self, cred: &Cred, path: &str, status: StatusCode) -> Value {
+        self.expect(cred, Method::GET, path, None, status).await
+    }
+
+    /// [`Cluster::expect`] for a DELETE.
+    async fn delete(&self, cred: &Cred, path: &str, status: StatusCode) -> Value {
+        self.expect(cred, Method::DELETE, path, None, status).await
+    }
+
+    /// [`Cluster::expect`] for a POST of `body`.
+    async fn post(&self, cred: &Cred, path: &str, body: Value, status: StatusCode) -> Value {
+        self.expect(cred, Method::POST, path, Some(body), status)
+            .await
+    }
+
+    /// [`Cluster::expect`] for a merge patch.
+    async fn patch(&self, cred: &Cred, path: &str, body: Value, status: StatusCode) -> Value {
+        self.expect(cred, Method::PATCH, path, Some(body), status)
+            .await
+    }
+
+    /// [`Cluster::expect`] for a PUT of `body`.
+    async fn put(&self, cred: &Cred, path: &str, body: Value, status: StatusCode) -> Value {
+        self.expect(cred, Method::PUT, path, Some(body), status)
+            .await
+    }
+
+    /// GETs each path as `cred`, asserting its status.
+    async fn get_all(&self, cred: &Cred, cases: &[(&str, StatusCode)]) {
+        for (path, status) in cases {
+            self.get(cred, path, *status).await;
+        }
+    }
+
     async fn admin_create(&self, path: &str, body: Value) {
-        self.expect(
-            &Cred::Admin,
-            Method::POST,
-            path,
-            Some(body),
-            StatusCode::CREATED,
-        )
-        .await;
+        self.post(&self.admin, path, body, CREATED).await;
     }
 
     /// A Node whose agent is at `addr:port` (no address when `addr` is empty).
     async fn node_at(&self, name: &str, addr: &str, port: u16) {
-        self.admin_create(
-            "/api/v1/nodes",
-            json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}}),
-        )
-        .await;
+        self.admin_create("/api/v1/nodes", node(name)).await;
         let addresses = if addr.is_empty() {
             json!([])
         } else {
             json!([{"type": "InternalIP", "address": addr}])
         };
-        self.expect(
-            &Cred::Admin,
-            Method::PATCH,
+        self.patch(
+            &self.admin,
             &format!("/api/v1/nodes/{name}/status"),
-            Some(json!({"status": {"addresses": addresses, "daemonEndpoints": {"kubeletEndpoint": {"Port": port}}}})),
-            StatusCode::OK,
+            json!({"status": {"addresses": addresses, "daemonEndpoints": {"kubeletEndpoint": {"Port": port}}}}),
+            OK,
         )
         .await;
     }
@@ -198,6 +185,16 @@ impl Cluster {
     }
 }
 
+/// The user of a client certificate (PEM) as TLS would hand it to the server.
+fn cert_user(pem: &str) -> Cred {
+    let der = CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
+    Cred::Cert(user_from_cert(der.as_ref()).unwrap())
+}
+
+fn node(name: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}})
+}
+
 fn forbidden_message(body: &Value) -> String {
     assert_eq!(body["reason"], "Forbidden", "{body}");
     assert_eq!(body["code"], 403);
@@ -218,66 +215,38 @@ async fn anonymous_and_unknown_tokens_get_401() {
     assert_eq!(r.status, UNAUTHORIZED);
     assert_eq!(r.body["reason"], "Unauthorized");
     let wrong = Cred::Bearer(format!("n1:{PW1}:not-the-node-token"));
-    c.expect(&wrong, Method::GET, "/api/v1/nodes", None, UNAUTHORIZED)
-        .await;
-    c.expect(&Cred::None, Method::GET, "/healthz", None, OK)
-        .await;
+    c.get(&wrong, "/api/v1/nodes", UNAUTHORIZED).await;
+    c.get(&Cred::None, "/healthz", OK).await;
 }
 
 #[tokio::test]
 async fn node_token_binds_the_name_on_first_use_and_refuses_takeover() {
     let c = Cluster::new().await;
     let n1 = c.node("n1", PW1);
-    c.expect(&n1, Method::GET, "/api/v1/nodes", None, OK).await;
+    c.get(&n1, "/api/v1/nodes", OK).await;
     // The password is recorded, hashed, in kube-system.
-    let s = c
-        .expect(
-            &Cred::Admin,
-            Method::GET,
-            "/api/v1/namespaces/kube-system/secrets/n1.node-password.keelson",
-            None,
-            OK,
-        )
-        .await;
+    let record = "/api/v1/namespaces/kube-system/secrets/n1.node-password.keelson";
+    let s = c.get(&c.admin, record, OK).await;
     assert!(!s.to_string().contains(PW1));
     // A second agent with the node token but another password cannot act as n1 ...
     let thief = c.node("n1", PW2);
-    c.expect(&thief, Method::GET, "/api/v1/nodes", None, UNAUTHORIZED)
+    c.get(&thief, "/api/v1/nodes", UNAUTHORIZED).await;
+    c.post(&thief, "/api/v1/nodes", node("n1"), UNAUTHORIZED)
         .await;
-    let body = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"}});
-    c.expect(
-        &thief,
-        Method::POST,
-        "/api/v1/nodes",
-        Some(body.clone()),
-        UNAUTHORIZED,
-    )
-    .await;
     // ... the first still can, and another name binds its own password.
-    c.expect(&n1, Method::POST, "/api/v1/nodes", Some(body), CREATED)
-        .await;
-    c.expect(&c.node("n2", PW2), Method::GET, "/api/v1/nodes", None, OK)
-        .await;
-    // Deleting the record frees the name.
-    c.expect(
-        &Cred::Admin,
-        Method::DELETE,
-        "/api/v1/namespaces/kube-system/secrets/n1.node-password.keelson",
-        None,
-        OK,
-    )
-    .await;
-    c.expect(&thief, Method::GET, "/api/v1/nodes", None, OK)
-        .await;
-    c.expect(&n1, Method::GET, "/api/v1/nodes", None, UNAUTHORIZED)
-        .await;
+    c.post(&n1, "/api/v1/nodes", node("n1"), CREATED).await;
+    c.get(&c.node("n2", PW2), "/api/v1/nodes", OK).await;
+    // Deleting the record (and the Node: a Node without a record is not bound by a token)
+    // frees the name.
+    c.delete(&c.admin, record, OK).await;
+    c.delete(&c.admin, "/api/v1/nodes/n1", OK).await;
+    c.get(&thief, "/api/v1/nodes", OK).await;
+    c.get(&n1, "/api/v1/nodes", UNAUTHORIZED).await;
     // A node cannot read the password records.
     let r = c
-        .expect(
+        .get(
             &thief,
-            Method::GET,
             "/api/v1/namespaces/kube-system/secrets/n2.node-password.keelson",
-            None,
             FORBIDDEN,
         )
         .await;
@@ -288,22 +257,16 @@ async fn node_token_binds_the_name_on_first_use_and_refuses_takeover() {
 async fn bare_node_token_only_reads_what_nodes_read() {
     let c = Cluster::new().await;
     let boot = Cred::Bearer(c.pki.node_token.clone());
-    c.expect(&boot, Method::GET, "/api/v1/namespaces/default", None, OK)
-        .await;
-    c.expect(&boot, Method::GET, "/api/v1/nodes", None, OK)
-        .await;
-    c.expect(
+    c.get_all(
         &boot,
-        Method::GET,
-        "/api/v1/namespaces/default/configmaps",
-        None,
-        FORBIDDEN,
+        &[
+            ("/api/v1/namespaces/default", OK),
+            ("/api/v1/nodes", OK),
+            ("/api/v1/namespaces/default/configmaps", FORBIDDEN),
+        ],
     )
     .await;
-    let body = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"}});
-    let r = c
-        .expect(&boot, Method::POST, "/api/v1/nodes", Some(body), FORBIDDEN)
-        .await;
+    let r = c.post(&boot, "/api/v1/nodes", node("n1"), FORBIDDEN).await;
     assert_eq!(
         forbidden_message(&r),
         r#"nodes is forbidden: User "system:bootstrap:keelson-node" cannot create resource "nodes" in API group "" at the cluster scope"#
@@ -314,93 +277,38 @@ async fn bare_node_token_only_reads_what_nodes_read() {
 async fn client_certificate_gives_the_node_identity() {
     let c = Cluster::new().await;
     let n1 = c.node_cert("n1");
-    let body = |n: &str| json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": n}});
-    c.expect(
-        &n1,
-        Method::POST,
-        "/api/v1/nodes",
-        Some(body("n1")),
-        CREATED,
-    )
-    .await;
-    let r = c
-        .expect(
-            &n1,
-            Method::POST,
-            "/api/v1/nodes",
-            Some(body("n2")),
-            FORBIDDEN,
-        )
-        .await;
+    c.post(&n1, "/api/v1/nodes", node("n1"), CREATED).await;
+    let r = c.post(&n1, "/api/v1/nodes", node("n2"), FORBIDDEN).await;
     assert!(
         forbidden_message(&r).contains(r#"User "system:node:n1" cannot create resource "nodes""#)
     );
     // Discovery is open to every authenticated user.
-    c.expect(&n1, Method::GET, "/api", None, OK).await;
-    c.expect(&n1, Method::GET, "/apis", None, OK).await;
+    c.get_all(&n1, &[("/api", OK), ("/apis", OK)]).await;
 }
 
 #[tokio::test]
 async fn node_changes_only_its_own_node() {
     let c = Cluster::new().await;
     let n1 = c.node("n1", PW1);
-    let node = |n: &str| json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": n}});
-    c.expect(
-        &n1,
-        Method::POST,
-        "/api/v1/nodes",
-        Some(node("n1")),
-        CREATED,
-    )
-    .await;
+    c.post(&n1, "/api/v1/nodes", node("n1"), CREATED).await;
     c.admin_create("/api/v1/nodes", node("n2")).await;
     let labels = json!({"metadata": {"labels": {"a": "b"}}});
     let status = json!({"status": {"addresses": [{"type": "InternalIP", "address": "10.0.0.5"}]}});
-    c.expect(
-        &n1,
-        Method::PATCH,
-        "/api/v1/nodes/n1",
-        Some(labels.clone()),
-        OK,
-    )
-    .await;
-    c.expect(
-        &n1,
-        Method::PATCH,
-        "/api/v1/nodes/n1/status",
-        Some(status.clone()),
-        OK,
-    )
-    .await;
-    c.expect(
-        &n1,
-        Method::PATCH,
-        "/api/v1/nodes/n2",
-        Some(labels),
-        FORBIDDEN,
-    )
-    .await;
+    c.patch(&n1, "/api/v1/nodes/n1", labels.clone(), OK).await;
+    c.patch(&n1, "/api/v1/nodes/n1/status", status.clone(), OK)
+        .await;
+    c.patch(&n1, "/api/v1/nodes/n2", labels, FORBIDDEN).await;
     let r = c
-        .expect(
-            &n1,
-            Method::PATCH,
-            "/api/v1/nodes/n2/status",
-            Some(status),
-            FORBIDDEN,
-        )
+        .patch(&n1, "/api/v1/nodes/n2/status", status, FORBIDDEN)
         .await;
     assert_eq!(
         forbidden_message(&r),
         r#"nodes "n2" is forbidden: User "system:node:n1" cannot patch resource "nodes/status" in API group "" at the cluster scope: node "n1" may only change its own Node"#
     );
-    c.expect(&n1, Method::DELETE, "/api/v1/nodes/n2", None, FORBIDDEN)
-        .await;
-    c.expect(&n1, Method::DELETE, "/api/v1/nodes", None, FORBIDDEN)
-        .await;
-    c.expect(&n1, Method::GET, "/api/v1/nodes/n2", None, OK)
-        .await;
-    c.expect(&n1, Method::DELETE, "/api/v1/nodes/n1", None, OK)
-        .await;
+    c.delete(&n1, "/api/v1/nodes/n2", FORBIDDEN).await;
+    c.delete(&n1, "/api/v1/nodes", FORBIDDEN).await;
+    c.get(&n1, "/api/v1/nodes/n2", OK).await;
+    c.delete(&n1, "/api/v1/nodes/n1", OK).await;
 }
 
 #[tokio::test]
@@ -409,60 +317,26 @@ async fn node_changes_only_its_own_lease() {
     let n1 = c.node("n1", PW1);
     let lease = |n: &str| json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": n}, "spec": {"holderIdentity": n}});
     let leases = "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases";
-    c.expect(&n1, Method::POST, leases, Some(lease("n1")), CREATED)
-        .await;
-    c.expect(&n1, Method::POST, leases, Some(lease("n2")), FORBIDDEN)
-        .await;
+    let (own, other) = (format!("{leases}/n1"), format!("{leases}/n2"));
+    c.post(&n1, leases, lease("n1"), CREATED).await;
+    c.post(&n1, leases, lease("n2"), FORBIDDEN).await;
     c.admin_create(leases, lease("n2")).await;
     let renew = json!({"spec": {"renewTime": "2025-01-01T00:00:00.000000Z"}});
-    c.expect(&n1, Method::GET, &format!("{leases}/n1"), None, OK)
-        .await;
-    c.expect(
-        &n1,
-        Method::PATCH,
-        &format!("{leases}/n1"),
-        Some(renew.clone()),
-        OK,
-    )
-    .await;
-    let r = c
-        .expect(
-            &n1,
-            Method::PATCH,
-            &format!("{leases}/n2"),
-            Some(renew.clone()),
-            FORBIDDEN,
-        )
-        .await;
+    c.get(&n1, &own, OK).await;
+    c.patch(&n1, &own, renew.clone(), OK).await;
+    let r = c.patch(&n1, &other, renew.clone(), FORBIDDEN).await;
     assert!(forbidden_message(&r).starts_with(
         r#"leases.coordination.k8s.io "n2" is forbidden: User "system:node:n1" cannot patch resource "leases" in API group "coordination.k8s.io" in the namespace "kube-node-lease""#
     ));
-    let mut full = c
-        .expect(&Cred::Admin, Method::GET, &format!("{leases}/n2"), None, OK)
-        .await;
+    let mut full = c.get(&c.admin, &other, OK).await;
     full["spec"]["holderIdentity"] = json!("n1");
-    c.expect(
-        &n1,
-        Method::PUT,
-        &format!("{leases}/n2"),
-        Some(full),
-        FORBIDDEN,
-    )
-    .await;
-    c.expect(
-        &n1,
-        Method::DELETE,
-        &format!("{leases}/n1"),
-        None,
-        FORBIDDEN,
-    )
-    .await;
+    c.put(&n1, &other, full, FORBIDDEN).await;
+    c.delete(&n1, &own, FORBIDDEN).await;
     // Only in kube-node-lease.
-    c.expect(
+    c.post(
         &n1,
-        Method::POST,
         "/apis/coordination.k8s.io/v1/namespaces/default/leases",
-        Some(lease("n1")),
+        lease("n1"),
         FORBIDDEN,
     )
     .await;
@@ -478,87 +352,51 @@ async fn node_changes_status_only_of_its_pods() {
     let pods = "/api/v1/namespaces/default/pods";
     let st = json!({"status": {"phase": "Running"}});
     let r = c
-        .expect(
-            &n1,
-            Method::PATCH,
-            &format!("{pods}/mine/status"),
-            Some(st.clone()),
-            OK,
-        )
+        .patch(&n1, &format!("{pods}/mine/status"), st.clone(), OK)
         .await;
     assert_eq!(r["status"]["phase"], "Running");
     let r = c
-        .expect(
-            &n1,
-            Method::PATCH,
-            &format!("{pods}/theirs/status"),
-            Some(st.clone()),
-            FORBIDDEN,
-        )
+        .patch(&n1, &format!("{pods}/theirs/status"), st.clone(), FORBIDDEN)
         .await;
     assert_eq!(
         forbidden_message(&r),
         r#"pods "theirs" is forbidden: User "system:node:n1" cannot patch resource "pods/status" in API group "" in the namespace "default": node "n1" can only update the status of pods with spec.nodeName set to itself (pod "theirs" is bound to node "n2")"#
     );
-    c.expect(
+    c.patch(
         &n1,
-        Method::PATCH,
         &format!("{pods}/pending/status"),
-        Some(st.clone()),
+        st.clone(),
         FORBIDDEN,
     )
     .await;
     // The pod itself (not its status) is not the node's to change.
-    c.expect(
-        &n1,
-        Method::PATCH,
-        &format!("{pods}/mine"),
-        Some(json!({"metadata": {"labels": {"a": "b"}}})),
-        FORBIDDEN,
-    )
-    .await;
-    // PUT status too.
-    let mut full = c
-        .expect(&n1, Method::GET, &format!("{pods}/theirs"), None, OK)
+    let labels = json!({"metadata": {"labels": {"a": "b"}}});
+    c.patch(&n1, &format!("{pods}/mine"), labels, FORBIDDEN)
         .await;
+    // PUT status too.
+    let mut full = c.get(&n1, &format!("{pods}/theirs"), OK).await;
     full["status"]["phase"] = json!("Failed");
-    c.expect(
-        &n1,
-        Method::PUT,
-        &format!("{pods}/theirs/status"),
-        Some(full),
-        FORBIDDEN,
-    )
-    .await;
+    c.put(&n1, &format!("{pods}/theirs/status"), full, FORBIDDEN)
+        .await;
     // Missing pods are 404, not a leak through 403.
-    c.expect(
+    c.patch(
         &n1,
-        Method::PATCH,
         &format!("{pods}/nope/status"),
-        Some(st),
+        st,
         StatusCode::NOT_FOUND,
     )
     .await;
     // Deleting: only its own pods.
-    c.expect(
-        &n1,
-        Method::DELETE,
-        &format!("{pods}/theirs"),
-        None,
-        FORBIDDEN,
-    )
-    .await;
-    c.expect(&n1, Method::DELETE, &format!("{pods}/mine"), None, OK)
-        .await;
-    c.expect(&n1, Method::DELETE, pods, None, FORBIDDEN).await;
+    c.delete(&n1, &format!("{pods}/theirs"), FORBIDDEN).await;
+    c.delete(&n1, &format!("{pods}/mine"), OK).await;
+    c.delete(&n1, pods, FORBIDDEN).await;
     // Reads of pods are allowed.
-    c.expect(&n1, Method::GET, "/api/v1/pods", None, OK).await;
-    c.expect(
+    c.get_all(
         &n1,
-        Method::GET,
-        "/api/v1/pods?watch=true&timeoutSeconds=1",
-        None,
-        OK,
+        &[
+            ("/api/v1/pods", OK),
+            ("/api/v1/pods?watch=true&timeoutSeconds=1", OK),
+        ],
     )
     .await;
 }
@@ -575,35 +413,14 @@ async fn node_creates_only_mirror_pods_bound_to_itself() {
         p
     };
     let pods = "/api/v1/namespaces/default/pods";
-    c.expect(&n1, Method::POST, pods, Some(pod("m", "n1", true)), CREATED)
-        .await;
-    let r = c
-        .expect(
-            &n1,
-            Method::POST,
-            pods,
-            Some(pod("x", "n1", false)),
-            FORBIDDEN,
-        )
-        .await;
+    c.post(&n1, pods, pod("m", "n1", true), CREATED).await;
+    let r = c.post(&n1, pods, pod("x", "n1", false), FORBIDDEN).await;
     assert!(forbidden_message(&r).contains("may only create mirror pods"));
-    c.expect(
-        &n1,
-        Method::POST,
-        pods,
-        Some(pod("y", "n2", true)),
-        FORBIDDEN,
-    )
-    .await;
+    c.post(&n1, pods, pod("y", "n2", true), FORBIDDEN).await;
     // Bindings and evictions are not the node's.
-    c.expect(
-        &n1,
-        Method::POST,
-        &format!("{pods}/m/binding"),
-        Some(json!({"target": {"name": "n1"}})),
-        FORBIDDEN,
-    )
-    .await;
+    let binding = json!({"target": {"name": "n1"}});
+    c.post(&n1, &format!("{pods}/m/binding"), binding, FORBIDDEN)
+        .await;
 }
 
 #[tokio::test]
@@ -640,93 +457,55 @@ async fn node_reads_only_secrets_configmaps_and_service_accounts_its_pods_use() 
     )
     .await;
     let secrets = "/api/v1/namespaces/default/secrets";
-    c.expect(&n1, Method::GET, &format!("{secrets}/used"), None, OK)
-        .await;
-    let r = c
-        .expect(
-            &n1,
-            Method::GET,
-            &format!("{secrets}/unused"),
-            None,
-            FORBIDDEN,
-        )
-        .await;
+    c.get(&n1, &format!("{secrets}/used"), OK).await;
+    let r = c.get(&n1, &format!("{secrets}/unused"), FORBIDDEN).await;
     assert_eq!(
         forbidden_message(&r),
         r#"secrets "unused" is forbidden: User "system:node:n1" cannot get resource "secrets" in API group "" in the namespace "default": no relationship found between node "n1" and this object"#
     );
-    c.expect(
-        &n1,
-        Method::GET,
-        &format!("{secrets}/elsewhere"),
-        None,
-        FORBIDDEN,
-    )
-    .await;
+    c.get(&n1, &format!("{secrets}/elsewhere"), FORBIDDEN).await;
     // Lists and watches of secrets: only one referenced object by name.
-    c.expect(&n1, Method::GET, secrets, None, FORBIDDEN).await;
-    c.expect(&n1, Method::GET, "/api/v1/secrets", None, FORBIDDEN)
-        .await;
-    c.expect(
+    c.get_all(
         &n1,
-        Method::GET,
-        &format!("{secrets}?watch=true"),
-        None,
-        FORBIDDEN,
+        &[
+            (secrets, FORBIDDEN),
+            ("/api/v1/secrets", FORBIDDEN),
+            (&format!("{secrets}?watch=true"), FORBIDDEN),
+        ],
     )
     .await;
     let r = c
-        .expect(
+        .get(
             &n1,
-            Method::GET,
             &format!("{secrets}?fieldSelector=metadata.name%3Dused"),
-            None,
             OK,
         )
         .await;
     assert_eq!(r["items"].as_array().unwrap().len(), 1);
-    c.expect(
-        &n1,
-        Method::GET,
-        &format!("{secrets}?fieldSelector=metadata.name%3Dunused"),
-        None,
-        FORBIDDEN,
-    )
-    .await;
     // ConfigMaps and service accounts likewise.
     let cms = "/api/v1/namespaces/default/configmaps";
-    c.expect(&n1, Method::GET, &format!("{cms}/env-cm"), None, OK)
-        .await;
-    c.expect(
+    c.get_all(
         &n1,
-        Method::GET,
-        &format!("{cms}/other-cm"),
-        None,
-        FORBIDDEN,
-    )
-    .await;
-    c.expect(
-        &n1,
-        Method::GET,
-        "/api/v1/namespaces/default/serviceaccounts/robot",
-        None,
-        FORBIDDEN,
+        &[
+            (
+                &format!("{secrets}?fieldSelector=metadata.name%3Dunused"),
+                FORBIDDEN,
+            ),
+            (&format!("{cms}/env-cm"), OK),
+            (&format!("{cms}/other-cm"), FORBIDDEN),
+            (
+                "/api/v1/namespaces/default/serviceaccounts/robot",
+                FORBIDDEN,
+            ),
+        ],
     )
     .await;
     // Writes of them never.
-    c.expect(
+    c.delete(&n1, &format!("{secrets}/used"), FORBIDDEN).await;
+    c.post(
         &n1,
-        Method::DELETE,
-        &format!("{secrets}/used"),
-        None,
-        FORBIDDEN,
-    )
-    .await;
-    c.expect(
-        &n1,
-        Method::POST,
         cms,
-        Some(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "new"}})),
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "new"}}),
         FORBIDDEN,
     )
     .await;
@@ -744,102 +523,62 @@ async fn node_reads_cluster_state_and_writes_events() {
         "/api/v1/events",
         "/apis/coordination.k8s.io/v1/leases",
     ] {
-        c.expect(&n1, Method::GET, path, None, OK).await;
+        c.get(&n1, path, OK).await;
     }
-    c.expect(
+    c.post(
         &n1,
-        Method::POST,
         "/api/v1/namespaces/default/events",
-        Some(json!({"apiVersion": "v1", "kind": "Event", "metadata": {"name": "e1"}, "involvedObject": {"kind": "Node", "name": "n1"}, "reason": "Started", "message": "m"})),
+        json!({"apiVersion": "v1", "kind": "Event", "metadata": {"name": "e1"}, "involvedObject": {"kind": "Node", "name": "n1"}, "reason": "Started", "message": "m"}),
         CREATED,
     )
     .await;
-    c.expect(
+    c.post(
         &n1,
-        Method::POST,
         "/api/v1/namespaces",
-        Some(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x"}})),
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x"}}),
         FORBIDDEN,
     )
     .await;
-    c.expect(
-        &n1,
-        Method::DELETE,
-        "/api/v1/namespaces/default",
-        None,
-        FORBIDDEN,
-    )
-    .await;
+    c.delete(&n1, "/api/v1/namespaces/default", FORBIDDEN).await;
 }
 
 #[tokio::test]
 async fn other_certificate_users_only_read_and_not_secrets() {
     let c = Cluster::new().await;
-    let (cert, _) = pki::issue(
-        &c.pki.ca_cert_pem,
-        &c.pki.ca_key_pem,
-        "jane",
-        &["devs"],
-        &[],
-        true,
+    let user = |name: &str, group: &str| {
+        let (cert, _) = pki::issue(
+            &c.pki.ca_cert_pem,
+            &c.pki.ca_key_pem,
+            name,
+            &[group],
+            &[],
+            true,
+        )
+        .unwrap();
+        cert_user(&cert)
+    };
+    let jane = user("jane", "devs");
+    c.get_all(
+        &jane,
+        &[
+            ("/api/v1/namespaces/default", OK),
+            ("/api/v1/namespaces/default/configmaps", OK),
+            ("/api/v1/namespaces/default/secrets", FORBIDDEN),
+        ],
     )
-    .unwrap();
-    let der = CertificateDer::from_pem_slice(cert.as_bytes()).unwrap();
-    let jane = Cred::Cert(user_from_cert(der.as_ref()).unwrap());
-    c.expect(&jane, Method::GET, "/api/v1/namespaces/default", None, OK)
+    .await;
+    c.post(
+        &jane,
+        "/api/v1/namespaces/default/configmaps",
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}}),
+        FORBIDDEN,
+    )
+    .await;
+    c.get(&jane, "/api/v1/nodes/n1/proxy/healthz", FORBIDDEN)
         .await;
-    c.expect(
-        &jane,
-        Method::GET,
-        "/api/v1/namespaces/default/configmaps",
-        None,
-        OK,
-    )
-    .await;
-    c.expect(
-        &jane,
-        Method::GET,
-        "/api/v1/namespaces/default/secrets",
-        None,
-        FORBIDDEN,
-    )
-    .await;
-    c.expect(
-        &jane,
-        Method::POST,
-        "/api/v1/namespaces/default/configmaps",
-        Some(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}})),
-        FORBIDDEN,
-    )
-    .await;
-    c.expect(
-        &jane,
-        Method::GET,
-        "/api/v1/nodes/n1/proxy/healthz",
-        None,
-        FORBIDDEN,
-    )
-    .await;
     // A certificate in system:masters may do everything.
-    let (cert, _) = pki::issue(
-        &c.pki.ca_cert_pem,
-        &c.pki.ca_key_pem,
-        "root",
-        &["system:masters"],
-        &[],
-        true,
-    )
-    .unwrap();
-    let der = CertificateDer::from_pem_slice(cert.as_bytes()).unwrap();
-    let root = Cred::Cert(user_from_cert(der.as_ref()).unwrap());
-    c.expect(
-        &root,
-        Method::GET,
-        "/api/v1/namespaces/default/secrets",
-        None,
-        OK,
-    )
-    .await;
+    let root = user("root", "system:masters");
+    c.get(&root, "/api/v1/namespaces/default/secrets", OK).await;
 }
 
 // ---- the proxy, against a stand-in kubelet -------------------------------------------------
@@ -1014,11 +753,9 @@ async fn logs_are_proxied_with_their_query_and_follow_streams() {
     c.node_at("n1", "127.0.0.1", port).await;
     c.pod_on("p", "n1", json!({})).await;
     let r = c
-        .call(
-            &Cred::Admin,
+        .as_admin(
             Method::GET,
             &format!("{PODS}/p/log?tailLines=5&timestamps=true"),
-            None,
         )
         .await;
     assert_eq!(r.status, OK, "{}", r.body);
@@ -1036,7 +773,7 @@ async fn logs_are_proxied_with_their_query_and_follow_streams() {
     // follow: the first line arrives before the kubelet writes the second.
     let resp = c
         .raw(
-            &Cred::Admin,
+            &c.admin,
             Method::GET,
             &format!("{PODS}/p/log?follow=true&container=c"),
             None,
@@ -1058,7 +795,7 @@ async fn logs_are_proxied_with_their_query_and_follow_streams() {
         .to_bytes();
     assert_eq!(rest, "line 2\n");
     // Nodes may not read logs.
-    let n1 = c.node("n1", PW1);
+    let n1 = c.node_cert("n1");
     c.expect(&n1, Method::GET, &format!("{PODS}/p/log"), None, FORBIDDEN)
         .await;
 }
@@ -1075,27 +812,17 @@ async fn self_signed_agents_are_accepted_and_nodes_proxy_forwards() {
     let (port, k) = start_kubelet(&c.pki, &cert.pem(), &key.serialize_pem()).await;
     c.node_at("n1", "127.0.0.1", port).await;
     let r = c
-        .call(
-            &Cred::Admin,
-            Method::GET,
-            "/api/v1/nodes/n1/proxy/configz?x=1&y=2",
-            None,
-        )
+        .as_admin(Method::GET, "/api/v1/nodes/n1/proxy/configz?x=1&y=2")
         .await;
     assert_eq!(r.status, StatusCode::IM_A_TEAPOT, "{}", r.body);
     assert_eq!(r.body, "kubelet saw /configz?x=1&y=2");
     let r = c
-        .call(
-            &Cred::Admin,
-            Method::GET,
-            &format!("/api/v1/nodes/n1:{port}/proxy/"),
-            None,
-        )
+        .as_admin(Method::GET, &format!("/api/v1/nodes/n1:{port}/proxy/"))
         .await;
     assert_eq!(r.body, "kubelet saw /");
     assert_eq!(k.seen.lock().await.len(), 2);
     // Not for nodes.
-    let n1 = c.node("n1", PW1);
+    let n1 = c.node_cert("n1");
     let r = c
         .expect(
             &n1,
@@ -1114,12 +841,7 @@ async fn unreachable_agents_and_unbound_pods_fail_clearly() {
     // Not bound.
     c.pod_on("pending", "", json!({})).await;
     let r = c
-        .call(
-            &Cred::Admin,
-            Method::GET,
-            &format!("{PODS}/pending/log"),
-            None,
-        )
+        .as_admin(Method::GET, &format!("{PODS}/pending/log"))
         .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     assert_eq!(
@@ -1128,14 +850,7 @@ async fn unreachable_agents_and_unbound_pods_fail_clearly() {
     );
     // Bound to a node that does not exist.
     c.pod_on("ghost", "n9", json!({})).await;
-    let r = c
-        .call(
-            &Cred::Admin,
-            Method::GET,
-            &format!("{PODS}/ghost/log"),
-            None,
-        )
-        .await;
+    let r = c.as_admin(Method::GET, &format!("{PODS}/ghost/log")).await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(
         r.body["message"],
@@ -1145,12 +860,7 @@ async fn unreachable_agents_and_unbound_pods_fail_clearly() {
     c.node_at("bare", "", 10250).await;
     c.pod_on("b", "bare", json!({})).await;
     let r = c
-        .call(
-            &Cred::Admin,
-            Method::POST,
-            &format!("{PODS}/b/exec?command=ls"),
-            None,
-        )
+        .as_admin(Method::POST, &format!("{PODS}/b/exec?command=ls"))
         .await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(
@@ -1163,9 +873,7 @@ async fn unreachable_agents_and_unbound_pods_fail_clearly() {
     drop(closed);
     c.node_at("n1", "127.0.0.1", port).await;
     c.pod_on("p", "n1", json!({})).await;
-    let r = c
-        .call(&Cred::Admin, Method::GET, &format!("{PODS}/p/log"), None)
-        .await;
+    let r = c.as_admin(Method::GET, &format!("{PODS}/p/log")).await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(r.body["reason"], "ServiceUnavailable");
     assert_eq!(
@@ -1181,9 +889,7 @@ async fn unreachable_agents_and_unbound_pods_fail_clearly() {
         json!({"containers": [{"name": "a", "image": "busybox"}, {"name": "b", "image": "busybox"}]}),
     )
     .await;
-    let r = c
-        .call(&Cred::Admin, Method::GET, &format!("{PODS}/two/log"), None)
-        .await;
+    let r = c.as_admin(Method::GET, &format!("{PODS}/two/log")).await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     assert_eq!(
         r.body["message"],
@@ -1200,9 +906,7 @@ async fn a_silent_agent_times_out_within_five_seconds() {
     c.node_at("n1", "127.0.0.1", port).await;
     c.pod_on("p", "n1", json!({})).await;
     let started = std::time::Instant::now();
-    let r = c
-        .call(&Cred::Admin, Method::GET, &format!("{PODS}/p/log"), None)
-        .await;
+    let r = c.as_admin(Method::GET, &format!("{PODS}/p/log")).await;
     assert!(started.elapsed() < Duration::from_secs(7));
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(
@@ -1246,10 +950,32 @@ async fn https_client(
     sender
 }
 
+/// A request to upgrade the connection to `upgrade`, with bearer `token` and an `extra` header.
+fn upgrade_request(
+    method: Method,
+    uri: String,
+    token: &str,
+    upgrade: &str,
+    extra: Option<(&str, &str)>,
+) -> Request<Empty<Bytes>> {
+    let mut req = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("Authorization", format!("Bearer {token}"))
+        .header("Connection", "Upgrade")
+        .header("Upgrade", upgrade);
+    if let Some((k, v)) = extra {
+        req = req.header(k, v);
+    }
+    req.body(Empty::new()).unwrap()
+}
+
 #[tokio::test]
 async fn exec_upgrades_and_passes_bytes_both_ways() {
     let c = Cluster::new().await;
     let (kport, k) = ca_signed_kubelet(&c.pki).await;
+    // The agent's token binds its name before its Node exists.
+    c.get(&c.node("n1", PW1), "/api/v1/nodes", OK).await;
     c.node_at("n1", "127.0.0.1", kport).await;
     c.pod_on("p", "n1", json!({})).await;
     let listener = keelson_server::server::bind("127.0.0.1:0".parse().unwrap())
@@ -1264,17 +990,15 @@ async fn exec_upgrades_and_passes_bytes_both_ways() {
         std::future::pending(),
     ));
     let mut client = https_client(&c.pki, port).await;
-    let req = Request::builder()
-        .method(Method::POST)
-        .uri(format!(
+    let req = upgrade_request(
+        Method::POST,
+        format!(
             "{PODS}/p/exec?command=cat&command=-&stdin=true&stdout=true&stderr=true&tty=false&container=c"
-        ))
-        .header("Authorization", format!("Bearer {}", c.pki.admin_token))
-        .header("Connection", "Upgrade")
-        .header("Upgrade", "SPDY/3.1")
-        .header("X-Stream-Protocol-Version", "v4.channel.k8s.io")
-        .body(Empty::new())
-        .unwrap();
+        ),
+        &c.pki.admin_token,
+        "SPDY/3.1",
+        Some(("X-Stream-Protocol-Version", "v4.channel.k8s.io")),
+    );
     let resp = client.send_request(req).await.unwrap();
     assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
     assert_eq!(
@@ -1298,31 +1022,255 @@ async fn exec_upgrades_and_passes_bytes_both_ways() {
     );
     // A WebSocket-style attach with GET goes the same way.
     let mut client = https_client(&c.pki, port).await;
-    let req = Request::builder()
-        .method(Method::GET)
-        .uri(format!("{PODS}/p/attach?stdout=true"))
-        .header("Authorization", format!("Bearer {}", c.pki.admin_token))
-        .header("Connection", "Upgrade")
-        .header("Upgrade", "websocket")
-        .header("Sec-WebSocket-Protocol", "v5.channel.k8s.io")
-        .body(Empty::new())
-        .unwrap();
+    let req = upgrade_request(
+        Method::GET,
+        format!("{PODS}/p/attach?stdout=true"),
+        &c.pki.admin_token,
+        "websocket",
+        Some(("Sec-WebSocket-Protocol", "v5.channel.k8s.io")),
+    );
     let resp = client.send_request(req).await.unwrap();
     assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
     assert_eq!(k.seen.lock().await[1].0, "/attach/default/p/c?output=1");
     // The node's own credentials cannot exec.
     let mut client = https_client(&c.pki, port).await;
-    let req = Request::builder()
-        .method(Method::POST)
-        .uri(format!("{PODS}/p/exec?command=ls"))
-        .header(
-            "Authorization",
-            format!("Bearer n1:{PW1}:{}", c.pki.node_token),
-        )
-        .header("Connection", "Upgrade")
-        .header("Upgrade", "SPDY/3.1")
-        .body(Empty::new())
-        .unwrap();
+    let req = upgrade_request(
+        Method::POST,
+        format!("{PODS}/p/exec?command=ls"),
+        &format!("n1:{PW1}:{}", c.pki.node_token),
+        "SPDY/3.1",
+        None,
+    );
     let resp = client.send_request(req).await.unwrap();
     assert_eq!(resp.status(), FORBIDDEN);
+}
+
+// ---- mirror pods, unrecorded node names, pod log methods, first-use rate limit -------------
+
+#[tokio::test]
+async fn mirror_pods_may_not_reference_secrets_and_do_not_grant_reads() {
+    let c = Cluster::new().await;
+    let n1 = c.node("n1", PW1);
+    c.post(&n1, "/api/v1/nodes", node("n1"), CREATED).await;
+    let uid = c.get(&c.admin, "/api/v1/nodes/n1", OK).await["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for s in ["s1", "only-mirror", "used"] {
+        c.admin_create(
+            "/api/v1/namespaces/default/secrets",
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": s}, "data": {"k": "dg=="}}),
+        )
+        .await;
+    }
+    let mirror = |name: &str, extra_spec: Value| {
+        let mut p = json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "annotations": {"kubernetes.io/config.mirror": "hash"}},
+            "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "busybox"}]}});
+        if let (Some(s), Some(e)) = (p["spec"].as_object_mut(), extra_spec.as_object()) {
+            for (k, v) in e {
+                s.insert(k.clone(), v.clone());
+            }
+        }
+        p
+    };
+    let pods = "/api/v1/namespaces/default/pods";
+    let r = c
+        .post(
+            &n1,
+            pods,
+            mirror(
+                "with-secret",
+                json!({"volumes": [{"name": "v", "secret": {"secretName": "s1"}}]}),
+            ),
+            FORBIDDEN,
+        )
+        .await;
+    assert!(
+        forbidden_message(&r)
+            .ends_with(r#": node "n1" cannot create a mirror pod that references secrets ["s1"]"#),
+        "{r}"
+    );
+    let r = c
+        .post(
+            &n1,
+            pods,
+            mirror("with-sa", json!({"serviceAccountName": "robot"})),
+            FORBIDDEN,
+        )
+        .await;
+    assert!(forbidden_message(&r).ends_with(r#"references service account "robot""#));
+    let r = c
+        .post(
+            &n1,
+            pods,
+            mirror(
+                "with-pvc",
+                json!({"volumes": [{"name": "v", "persistentVolumeClaim": {"claimName": "data"}}]}),
+            ),
+            FORBIDDEN,
+        )
+        .await;
+    assert!(forbidden_message(&r).contains(r#"references persistentvolumeclaim "data""#));
+    // Without references it is created; an owner reference must be its own Node, uid and all.
+    c.post(&n1, pods, mirror("plain", json!({})), CREATED).await;
+    let owned = |name: &str, owner_name: &str, owner_uid: &str| {
+        let mut p = mirror(name, json!({}));
+        p["metadata"]["ownerReferences"] = json!([{"apiVersion": "v1", "kind": "Node",
+            "name": owner_name, "uid": owner_uid, "controller": true}]);
+        p
+    };
+    c.post(&n1, pods, owned("owned", "n1", &uid), CREATED).await;
+    let r = c
+        .post(
+            &n1,
+            pods,
+            owned("wrong-uid", "n1", "not-the-uid"),
+            FORBIDDEN,
+        )
+        .await;
+    assert!(forbidden_message(&r).contains("owner reference has uid"));
+    c.post(&n1, pods, owned("other-node", "n2", &uid), FORBIDDEN)
+        .await;
+    // A mirror pod the admin made with a secret does not let the node read it; a regular pod
+    // bound to the node does.
+    c.admin_create(
+        pods,
+        mirror(
+            "admin-mirror",
+            json!({"volumes": [{"name": "v", "secret": {"secretName": "only-mirror"}}]}),
+        ),
+    )
+    .await;
+    let secrets = "/api/v1/namespaces/default/secrets";
+    let r = c
+        .get(&n1, &format!("{secrets}/only-mirror"), FORBIDDEN)
+        .await;
+    assert!(
+        forbidden_message(&r)
+            .ends_with("no relationship found between node \"n1\" and this object")
+    );
+    // Nor the service account "default" a pod without one implies.
+    c.get(
+        &n1,
+        "/api/v1/namespaces/default/serviceaccounts/default",
+        FORBIDDEN,
+    )
+    .await;
+    c.pod_on(
+        "regular",
+        "n1",
+        json!({"volumes": [{"name": "v", "secret": {"secretName": "used"}}]}),
+    )
+    .await;
+    c.get(&n1, &format!("{secrets}/used"), OK).await;
+    c.get(&n1, &format!("{secrets}/s1"), FORBIDDEN).await;
+    c.get(&n1, &format!("{secrets}/only-mirror"), FORBIDDEN)
+        .await;
+}
+
+#[tokio::test]
+async fn node_token_cannot_take_over_a_node_without_a_password_record() {
+    let c = Cluster::new().await;
+    // n1 registered with its client certificate: there is no password record for it.
+    let cert = c.node_cert("n1");
+    c.post(&cert, "/api/v1/nodes", node("n1"), CREATED).await;
+    let intruder = c.node("n1", PW2);
+    let r = c.get(&intruder, "/api/v1/nodes", UNAUTHORIZED).await;
+    assert_eq!(r["reason"], "Unauthorized");
+    c.post(&intruder, "/api/v1/nodes", node("n1"), UNAUTHORIZED)
+        .await;
+    let record = "/api/v1/namespaces/kube-system/secrets/n1.node-password.keelson";
+    c.get(&c.admin, record, StatusCode::NOT_FOUND).await;
+    // A Node the admin made is not free either.
+    c.admin_create("/api/v1/nodes", node("n3")).await;
+    c.get(&c.node("n3", PW1), "/api/v1/nodes", UNAUTHORIZED)
+        .await;
+    // A brand-new name binds.
+    let n2 = c.node("n2", PW1);
+    c.get(&n2, "/api/v1/nodes", OK).await;
+    c.get(
+        &c.admin,
+        "/api/v1/namespaces/kube-system/secrets/n2.node-password.keelson",
+        OK,
+    )
+    .await;
+    c.post(&n2, "/api/v1/nodes", node("n2"), CREATED).await;
+    c.get(&n2, "/api/v1/nodes/n2", OK).await;
+    // The certificate still works; deleting the Node frees the name for the node token.
+    c.get(&cert, "/api/v1/nodes/n1", OK).await;
+    c.delete(&c.admin, "/api/v1/nodes/n1", OK).await;
+    c.get(&intruder, "/api/v1/nodes", OK).await;
+    c.get(&c.admin, record, OK).await;
+}
+
+#[tokio::test]
+async fn pod_logs_are_read_with_get_only() {
+    let c = Cluster::new().await;
+    c.pod_on("p", "n1", json!({})).await;
+    let (cert, _) = pki::issue(
+        &c.pki.ca_cert_pem,
+        &c.pki.ca_key_pem,
+        "jane",
+        &["devs"],
+        &[],
+        true,
+    )
+    .unwrap();
+    let jane = cert_user(&cert);
+    let n1 = c.node("n1", PW1);
+    let log = format!("{PODS}/p/log");
+    for (method, verb) in [
+        (Method::POST, "create"),
+        (Method::PUT, "update"),
+        (Method::PATCH, "patch"),
+        (Method::DELETE, "delete"),
+    ] {
+        for who in [&jane, &n1] {
+            let r = c
+                .expect(who, method.clone(), &log, Some(json!({})), FORBIDDEN)
+                .await;
+            assert!(
+                forbidden_message(&r).contains(&format!(r#"cannot {verb} resource "pods/log""#)),
+                "{r}"
+            );
+        }
+    }
+    // GET stays a read for viewers: authorized, then it fails only because n1 has no agent.
+    let r = c.call(&jane, Method::GET, &log, None).await;
+    assert_ne!(r.status, FORBIDDEN, "{}", r.body);
+}
+
+#[tokio::test]
+async fn node_token_binds_a_bounded_number_of_new_names_a_minute() {
+    use keelson_server::api::auth::NEW_NODE_NAMES_PER_MINUTE;
+    let c = Cluster::new().await;
+    for i in 0..NEW_NODE_NAMES_PER_MINUTE {
+        c.get(&c.node(&format!("n{i}"), PW1), "/api/v1/nodes", OK)
+            .await;
+    }
+    let r = c
+        .get(
+            &c.node("one-too-many", PW1),
+            "/api/v1/nodes",
+            StatusCode::SERVICE_UNAVAILABLE,
+        )
+        .await;
+    assert!(
+        r["message"]
+            .as_str()
+            .unwrap()
+            .contains("in the last minute: retry registering node \"one-too-many\" later"),
+        "{r}"
+    );
+    c.get(
+        &c.admin,
+        "/api/v1/namespaces/kube-system/secrets/one-too-many.node-password.keelson",
+        StatusCode::NOT_FOUND,
+    )
+    .await;
+    // Names already bound keep working.
+    c.get(&c.node("n0", PW1), "/api/v1/nodes", OK).await;
+    c.get(&c.node("n0", PW2), "/api/v1/nodes", UNAUTHORIZED)
+        .await;
 }

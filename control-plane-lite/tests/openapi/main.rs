@@ -4,18 +4,19 @@
 //! node port allocation, validation, updates and Tables. Embedded store only (the store
 //! backends are covered by the api suite).
 
+#[path = "../support/api.rs"]
+#[allow(dead_code)]
+mod api_support;
+
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::{Method, Request, StatusCode};
+use api_support::{Cred, Reply};
+use hyper::{Method, StatusCode};
 use keelson_server::api::ApiServer;
-use keelson_server::api::auth::Tokens;
-use keelson_server::store::{EmbeddedConfig, EmbeddedStore, Store};
+use keelson_server::store::EmbeddedConfig;
 use serde_json::{Value, json};
 
-const TOKEN: &str = "admin-token";
 const SVCS: &str = "/api/v1/namespaces/default/services";
 
 struct Api {
@@ -23,35 +24,15 @@ struct Api {
     _dir: tempfile::TempDir,
 }
 
-struct Reply {
-    status: StatusCode,
-    headers: hyper::HeaderMap,
-    body: Value,
-    len: usize,
-}
-
 impl Api {
     async fn new() -> Api {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().to_path_buf();
         let config = EmbeddedConfig {
             compaction_interval: None,
             ..EmbeddedConfig::default()
         };
-        let store = tokio::task::spawn_blocking(move || EmbeddedStore::open(&path, config))
-            .await
-            .unwrap()
-            .unwrap();
-        let store: Arc<dyn Store> = Arc::new(store);
-        let api = ApiServer::new(
-            store,
-            Tokens {
-                admin: TOKEN.into(),
-                node: "node-token".into(),
-            },
-            "127.0.0.1:6443".into(),
-        );
-        api.bootstrap().await.expect("bootstrap");
+        let store = api_support::open_embedded(dir.path().to_path_buf(), config).await;
+        let api = api_support::server(store).await;
         Api { api, _dir: dir }
     }
 
@@ -62,26 +43,17 @@ impl Api {
         headers: &[(&str, &str)],
         body: Option<Value>,
     ) -> Reply {
-        let mut req = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("Authorization", format!("Bearer {TOKEN}"));
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        let body = Full::new(Bytes::from(body.map(|b| b.to_string()).unwrap_or_default()));
-        let resp = self.api.handle(req.body(body).unwrap(), None).await;
-        let status = resp.status();
-        let headers = resp.headers().clone();
-        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-        let body = serde_json::from_slice(&bytes)
-            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
-        Reply {
-            status,
+        let text = body.map(|b| b.to_string());
+        let resp = api_support::send(
+            &self.api,
+            &Cred::admin(),
+            method,
+            path,
             headers,
-            body,
-            len: bytes.len(),
-        }
+            text.as_deref(),
+        )
+        .await;
+        api_support::read(resp).await
     }
 
     async fn get(&self, path: &str) -> Reply {
@@ -89,13 +61,24 @@ impl Api {
     }
 
     async fn send(&self, method: Method, path: &str, body: Value) -> Reply {
-        let ct = if method == Method::PATCH {
-            "application/merge-patch+json"
-        } else {
-            "application/json"
-        };
-        self.request(method, path, &[("Content-Type", ct)], Some(body))
-            .await
+        api_support::call(&self.api, &Cred::admin(), method, path, Some(body)).await
+    }
+
+    /// POSTs a Service `name` with `spec`.
+    async fn create(&self, name: &str, spec: Value) -> Reply {
+        self.send(Method::POST, SVCS, svc(name, spec)).await
+    }
+
+    /// POSTs a Service `name` with `spec`, which must be created; the Service.
+    async fn created(&self, name: &str, spec: Value) -> Value {
+        let r = self.create(name, spec).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{name}: {}", r.body);
+        r.body
+    }
+
+    /// POSTs a Service `name` with `spec`, which must be Invalid; the fields of its causes.
+    async fn refused(&self, name: &str, spec: Value) -> Vec<String> {
+        cause_fields(&self.create(name, spec).await)
     }
 }
 
@@ -221,30 +204,16 @@ async fn openapi_v2_is_json_or_not_acceptable() {
     );
     assert!(defs.contains_key("io.k8s.api.coordination.v1.Lease"));
     assert!(defs.contains_key("io.k8s.api.events.v1.Event"));
-    let json_too = api
-        .request(
-            Method::GET,
-            "/openapi/v2",
-            &[(
-                "Accept",
-                "application/com.github.proto-openapi.spec.v2@v1.0+protobuf, application/json",
-            )],
-            None,
-        )
-        .await;
-    assert_eq!(json_too.status, StatusCode::OK);
-    let proto_only = api
-        .request(
-            Method::GET,
-            "/openapi/v2",
-            &[(
-                "Accept",
-                "application/com.github.proto-openapi.spec.v2@v1.0+protobuf",
-            )],
-            None,
-        )
-        .await;
-    assert_eq!(proto_only.status, StatusCode::NOT_ACCEPTABLE);
+    const PROTO: &str = "application/com.github.proto-openapi.spec.v2@v1.0+protobuf";
+    for (accept, status) in [
+        (format!("{PROTO}, application/json"), StatusCode::OK),
+        (PROTO.to_string(), StatusCode::NOT_ACCEPTABLE),
+    ] {
+        let r = api
+            .request(Method::GET, "/openapi/v2", &[("Accept", &accept)], None)
+            .await;
+        assert_eq!(r.status, status, "{accept}");
+    }
 }
 
 #[tokio::test]
@@ -285,18 +254,13 @@ async fn bootstrap_creates_the_kubernetes_service() {
 #[tokio::test]
 async fn services_are_defaulted_and_allocated() {
     let api = Api::new().await;
-    let r = api
-        .send(
-            Method::POST,
-            SVCS,
-            svc(
-                "web",
-                json!({"selector": {"app": "web"}, "ports": [{"port": 80}]}),
-            ),
+    let web = api
+        .created(
+            "web",
+            json!({"selector": {"app": "web"}, "ports": [{"port": 80}]}),
         )
         .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
-    let spec = &r.body["spec"];
+    let spec = &web["spec"];
     assert_eq!(spec["type"], "ClusterIP");
     assert_eq!(spec["sessionAffinity"], "None");
     assert_eq!(spec["ipFamilies"], json!(["IPv4"]));
@@ -311,100 +275,48 @@ async fn services_are_defaulted_and_allocated() {
     assert_eq!(spec["clusterIPs"], json!([ip.to_string()]));
 
     // Headless stays headless; ExternalName gets no cluster IP.
-    let r = api
-        .send(
-            Method::POST,
-            SVCS,
-            svc(
-                "db",
-                json!({"clusterIP": "None", "selector": {"app": "db"}}),
-            ),
+    let db = api
+        .created(
+            "db",
+            json!({"clusterIP": "None", "selector": {"app": "db"}}),
         )
         .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
-    assert_eq!(r.body["spec"]["clusterIP"], "None");
-    let r = api
-        .send(
-            Method::POST,
-            SVCS,
-            svc(
-                "ext",
-                json!({"type": "ExternalName", "externalName": "example.com"}),
-            ),
+    assert_eq!(db["spec"]["clusterIP"], "None");
+    let ext = api
+        .created(
+            "ext",
+            json!({"type": "ExternalName", "externalName": "example.com"}),
         )
         .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
-    assert!(r.body["spec"].get("clusterIP").is_none());
+    assert!(ext["spec"].get("clusterIP").is_none());
 
     // NodePort: allocated in range, or the one asked for; a taken one is refused.
-    let r = api
-        .send(
-            Method::POST,
-            SVCS,
-            svc(
-                "np",
-                json!({"type": "NodePort", "ports": [{"name": "a", "port": 80}, {"name": "b", "port": 81, "nodePort": 30080}]}),
+    let node_ports = |ports: Value| json!({"type": "NodePort", "ports": ports});
+    let np = api
+        .created(
+            "np",
+            node_ports(
+                json!([{"name": "a", "port": 80}, {"name": "b", "port": 81, "nodePort": 30080}]),
             ),
         )
         .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
-    let np = ports(&r.body["spec"]);
+    let np = ports(&np["spec"]);
     assert_eq!(np.len(), 2);
     assert!((30000..=32767).contains(&np[0]) && np[0] != 30080, "{np:?}");
     assert_eq!(np[1], 30080);
-    let r = api
-        .send(
-            Method::POST,
-            SVCS,
-            svc(
-                "np2",
-                json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": 30080}]}),
-            ),
-        )
-        .await;
-    assert_eq!(cause_fields(&r), ["spec.ports[0].nodePort"]);
+    let taken = node_ports(json!([{"port": 80, "nodePort": 30080}]));
+    assert_eq!(api.refused("np2", taken).await, ["spec.ports[0].nodePort"]);
 
     // A cluster IP asked for: taken, out of range, or free.
-    let taken = svc(
-        "dup",
-        json!({"clusterIP": ip.to_string(), "ports": [{"port": 1}]}),
-    );
-    let r = api.send(Method::POST, SVCS, taken).await;
-    assert_eq!(cause_fields(&r), ["spec.clusterIPs"]);
-    let r = api
-        .send(
-            Method::POST,
-            SVCS,
-            svc(
-                "far",
-                json!({"clusterIP": "192.168.1.1", "ports": [{"port": 1}]}),
-            ),
-        )
-        .await;
-    assert_eq!(cause_fields(&r), ["spec.clusterIPs[0]"]);
-    let r = api
-        .send(
-            Method::POST,
-            SVCS,
-            svc(
-                "mine",
-                json!({"clusterIP": "10.43.200.200", "ports": [{"port": 1}]}),
-            ),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
-    assert_eq!(r.body["spec"]["clusterIP"], "10.43.200.200");
-    let r = api
-        .send(
-            Method::POST,
-            SVCS,
-            svc(
-                "sneaky",
-                json!({"clusterIP": "10.43.0.1", "ports": [{"port": 1}]}),
-            ),
-        )
-        .await;
-    assert_eq!(cause_fields(&r), ["spec.clusterIPs"]);
+    let asking = |ip: &str| json!({"clusterIP": ip, "ports": [{"port": 1}]});
+    let taken = asking(&ip.to_string());
+    assert_eq!(api.refused("dup", taken).await, ["spec.clusterIPs"]);
+    let far = asking("192.168.1.1");
+    assert_eq!(api.refused("far", far).await, ["spec.clusterIPs[0]"]);
+    let mine = api.created("mine", asking("10.43.200.200")).await;
+    assert_eq!(mine["spec"]["clusterIP"], "10.43.200.200");
+    let sneaky = asking("10.43.0.1");
+    assert_eq!(api.refused("sneaky", sneaky).await, ["spec.clusterIPs"]);
 }
 
 #[tokio::test]
@@ -414,15 +326,10 @@ async fn concurrent_creates_get_distinct_cluster_ips() {
     for i in 0..40 {
         let api = api.clone();
         tasks.push(tokio::spawn(async move {
-            let r = api
-                .send(
-                    Method::POST,
-                    SVCS,
-                    svc(&format!("s{i}"), json!({"ports": [{"port": 80}]})),
-                )
+            let s = api
+                .created(&format!("s{i}"), json!({"ports": [{"port": 80}]}))
                 .await;
-            assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
-            r.body["spec"]["clusterIP"].as_str().unwrap().to_string()
+            s["spec"]["clusterIP"].as_str().unwrap().to_string()
         }));
     }
     let mut ips = HashSet::new();
@@ -435,70 +342,50 @@ async fn concurrent_creates_get_distinct_cluster_ips() {
 #[tokio::test]
 async fn service_validation_updates_and_tables() {
     let api = Api::new().await;
-    let r = api
-        .send(
-            Method::POST,
-            SVCS,
-            svc("1web", json!({"ports": [{"port": 80}]})),
-        )
-        .await;
-    assert_eq!(cause_fields(&r), ["metadata.name"]);
-    let r = api.send(Method::POST, SVCS, svc("empty", json!({}))).await;
-    assert_eq!(cause_fields(&r), ["spec.ports"]);
-    let r = api
-        .send(
-            Method::POST,
-            SVCS,
-            svc(
-                "bad",
-                json!({"type": "Magic", "ports": [{"port": 0, "protocol": "ICMP"}, {"port": 70000}]}),
-            ),
-        )
-        .await;
-    assert_eq!(
-        cause_fields(&r),
-        [
-            "spec.type",
-            "spec.ports[0].name",
-            "spec.ports[0].port",
-            "spec.ports[0].protocol",
-            // Defaulted from the port, as Kubernetes does.
-            "spec.ports[0].targetPort",
-            "spec.ports[1].name",
-            "spec.ports[1].port",
-            "spec.ports[1].targetPort"
-        ]
-    );
-    let r = api
-        .send(
-            Method::POST,
-            SVCS,
-            svc(
-                "np-on-cip",
-                json!({"ports": [{"port": 80, "nodePort": 30001}]}),
-            ),
-        )
-        .await;
-    assert_eq!(cause_fields(&r), ["spec.ports[0].nodePort"]);
+    for (name, spec, fields) in [
+        (
+            "1web",
+            json!({"ports": [{"port": 80}]}),
+            &["metadata.name"][..],
+        ),
+        ("empty", json!({}), &["spec.ports"]),
+        (
+            "bad",
+            json!({"type": "Magic", "ports": [{"port": 0, "protocol": "ICMP"}, {"port": 70000}]}),
+            &[
+                "spec.type",
+                "spec.ports[0].name",
+                "spec.ports[0].port",
+                "spec.ports[0].protocol",
+                // Defaulted from the port, as Kubernetes does.
+                "spec.ports[0].targetPort",
+                "spec.ports[1].name",
+                "spec.ports[1].port",
+                "spec.ports[1].targetPort",
+            ],
+        ),
+        (
+            "np-on-cip",
+            json!({"ports": [{"port": 80, "nodePort": 30001}]}),
+            &["spec.ports[0].nodePort"],
+        ),
+    ] {
+        assert_eq!(api.refused(name, spec).await, fields, "{name}");
+    }
 
-    let r = api
-        .send(
-            Method::POST,
-            SVCS,
-            svc(
-                "web",
-                json!({"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": "http"}]}),
-            ),
+    let web = api
+        .created(
+            "web",
+            json!({"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": "http"}]}),
         )
         .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
-    let ip = r.body["spec"]["clusterIP"].clone();
+    let ip = web["spec"]["clusterIP"].clone();
     // A replace that leaves the allocated fields out keeps them.
     let mut replace = svc(
         "web",
         json!({"selector": {"app": "web2"}, "ports": [{"port": 80, "targetPort": "http"}]}),
     );
-    replace["metadata"]["resourceVersion"] = r.body["metadata"]["resourceVersion"].clone();
+    replace["metadata"]["resourceVersion"] = web["metadata"]["resourceVersion"].clone();
     let r = api.send(Method::PUT, &format!("{SVCS}/web"), replace).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert_eq!(r.body["spec"]["clusterIP"], ip);
@@ -559,4 +446,132 @@ async fn service_validation_updates_and_tables() {
     let k = rows.iter().find(|r| r["cells"][0] == "kubernetes").unwrap();
     assert_eq!(k["cells"][2], "10.43.0.1");
     assert_eq!(k["cells"][4], "443/TCP");
+}
+/// An update is checked against the other Services as a create is: a node port another
+/// Service holds cannot be taken by a patch or a replace.
+#[tokio::test]
+async fn services_cannot_share_node_ports_through_updates() {
+    let api = Api::new().await;
+    let node_port = |n: i64| json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": n}]});
+    let a = api.created("holder", node_port(31701)).await;
+    assert_eq!(ports(&a["spec"]), [31701]);
+    let b = api
+        .created(
+            "taker",
+            json!({"type": "NodePort", "ports": [{"port": 80}]}),
+        )
+        .await;
+    let own = ports(&b["spec"])[0];
+    assert_ne!(own, 31701);
+    let r = api
+        .send(
+            Method::PATCH,
+            &format!("{SVCS}/taker"),
+            json!({"spec": {"ports": [{"port": 80, "nodePort": 31701}]}}),
+        )
+        .await;
+    assert_eq!(cause_fields(&r), ["spec.ports[0].nodePort"]);
+    assert!(
+        r.body["message"]
+            .as_str()
+            .unwrap()
+            .contains("provided port is already allocated"),
+        "{}",
+        r.body
+    );
+    // A ClusterIP Service becoming a NodePort one with the held port: refused too.
+    let c = api.created("plain", json!({"ports": [{"port": 80}]})).await;
+    let mut replace = c.clone();
+    replace["spec"]["type"] = json!("NodePort");
+    replace["spec"]["ports"] = json!([{"port": 80, "nodePort": 31701}]);
+    let r = api
+        .send(Method::PUT, &format!("{SVCS}/plain"), replace)
+        .await;
+    assert_eq!(cause_fields(&r), ["spec.ports[0].nodePort"]);
+    // Neither changed; an update keeping one's own port is fine.
+    let b = api.get(&format!("{SVCS}/taker")).await;
+    assert_eq!(ports(&b.body["spec"]), [own]);
+    let r = api
+        .send(
+            Method::PATCH,
+            &format!("{SVCS}/holder"),
+            json!({"spec": {"ports": [{"port": 80, "nodePort": 31701}], "selector": {"app": "x"}}}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(ports(&r.body["spec"]), [31701]);
+    // Two Services asking for the same free port by value: only the first gets it.
+    let r = api
+        .send(
+            Method::PATCH,
+            &format!("{SVCS}/taker"),
+            json!({"spec": {"ports": [{"port": 80, "nodePort": 31702}]}}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(
+        api.refused("late", node_port(31702)).await,
+        ["spec.ports[0].nodePort"]
+    );
+}
+
+/// An ExternalName Service that becomes a ClusterIP one gets a cluster IP.
+#[tokio::test]
+async fn external_name_to_cluster_ip_gets_an_ip() {
+    let api = Api::new().await;
+    let ext = api
+        .created(
+            "was-ext",
+            json!({"type": "ExternalName", "externalName": "example.com"}),
+        )
+        .await;
+    assert!(ext["spec"].get("clusterIP").is_none());
+    let r = api
+        .send(
+            Method::PATCH,
+            &format!("{SVCS}/was-ext"),
+            json!({"spec": {"type": "ClusterIP", "externalName": null, "ports": [{"port": 80}]}}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let ip: std::net::Ipv4Addr = r.body["spec"]["clusterIP"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(ip.octets()[..2], [10, 43]);
+    assert_ne!(ip.to_string(), "10.43.0.1");
+    assert_eq!(r.body["spec"]["clusterIPs"], json!([ip.to_string()]));
+    let r = api.get(&format!("{SVCS}/was-ext")).await;
+    assert_eq!(r.body["spec"]["clusterIP"], ip.to_string());
+    // A NodePort one from ExternalName gets node ports as well, and may not take an IP in use.
+    api.created(
+        "ext2",
+        json!({"type": "ExternalName", "externalName": "example.org"}),
+    )
+    .await;
+    let r = api
+        .send(
+            Method::PATCH,
+            &format!("{SVCS}/ext2"),
+            json!({"spec": {"type": "NodePort", "externalName": null, "clusterIP": ip.to_string(), "ports": [{"port": 80}]}}),
+        )
+        .await;
+    assert_eq!(cause_fields(&r), ["spec.clusterIPs"]);
+    let r = api
+        .send(
+            Method::PATCH,
+            &format!("{SVCS}/ext2"),
+            json!({"spec": {"type": "NodePort", "externalName": null, "ports": [{"port": 80}]}}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert!(
+        r.body["spec"]["clusterIP"]
+            .as_str()
+            .unwrap()
+            .starts_with("10.43.")
+    );
+    let np = ports(&r.body["spec"]);
+    assert!(np.len() == 1 && (30000..=32767).contains(&np[0]), "{np:?}");
 }

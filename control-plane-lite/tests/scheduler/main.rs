@@ -9,27 +9,23 @@
 #[allow(dead_code)]
 mod support;
 
+#[path = "../support/api.rs"]
+#[allow(dead_code)]
+mod api_support;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::{Method, Request, StatusCode};
+use api_support::{Cred, Reply};
+use hyper::{Method, StatusCode};
 use keelson_server::api::ApiServer;
-use keelson_server::api::auth::Tokens;
 use keelson_server::scheduler::{Scheduler, SchedulerConfig};
 use keelson_server::store::{EmbeddedStore, Store};
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 
-const TOKEN: &str = "admin-token";
 /// How long a test waits for the scheduler to act.
 const WAIT: Duration = Duration::from_secs(15);
-
-struct Reply {
-    status: StatusCode,
-    body: Value,
-}
 
 /// One API server (over its own store handle) and the schedulers running on it.
 struct Cluster {
@@ -59,15 +55,7 @@ fn test_config(identity: &str, leader_elect: bool) -> SchedulerConfig {
 
 impl Cluster {
     async fn new(store: Arc<dyn Store>) -> Cluster {
-        let api = Arc::new(ApiServer::new(
-            store,
-            Tokens {
-                admin: TOKEN.into(),
-                node: "node-token".into(),
-            },
-            "127.0.0.1:6443".into(),
-        ));
-        api.bootstrap().await.expect("bootstrap");
+        let api = Arc::new(api_support::server(store).await);
         Cluster {
             api,
             schedulers: Vec::new(),
@@ -81,26 +69,20 @@ impl Cluster {
     }
 
     async fn call(&self, method: Method, path: &str, body: Option<Value>) -> Reply {
-        let ct = match method {
-            Method::PATCH => "application/merge-patch+json",
-            _ => "application/json",
-        };
-        let req = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("Authorization", format!("Bearer {TOKEN}"))
-            .header("Content-Type", ct)
-            .body(Full::new(Bytes::from(
-                body.map(|b| b.to_string()).unwrap_or_default(),
-            )))
-            .unwrap();
-        let resp = self.api.handle(req, None).await;
-        let status = resp.status();
-        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-        Reply {
-            status,
-            body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        }
+        api_support::call(&self.api, &Cred::admin(), method, path, body).await
+    }
+
+    /// GETs `path`, which must succeed; the body.
+    async fn get(&self, path: &str) -> Value {
+        let r = self.call(Method::GET, path, None).await;
+        assert_eq!(r.status, StatusCode::OK, "GET {path}: {}", r.body);
+        r.body
+    }
+
+    /// Merge-patches `path`, which must succeed.
+    async fn patch(&self, path: &str, patch: Value) {
+        let r = self.call(Method::PATCH, path, Some(patch)).await;
+        assert_eq!(r.status, StatusCode::OK, "PATCH {path}: {}", r.body);
     }
 
     async fn create(&self, path: &str, body: Value) -> Value {
@@ -126,15 +108,8 @@ impl Cluster {
     }
 
     async fn get_pod(&self, name: &str) -> Value {
-        let r = self
-            .call(
-                Method::GET,
-                &format!("/api/v1/namespaces/default/pods/{name}"),
-                None,
-            )
-            .await;
-        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
-        r.body
+        self.get(&format!("/api/v1/namespaces/default/pods/{name}"))
+            .await
     }
 
     /// Waits until the pod is bound; its node.
@@ -159,10 +134,7 @@ impl Cluster {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             let pod = self.get_pod(name).await;
-            let cond = pod["status"]["conditions"]
-                .as_array()
-                .and_then(|cs| cs.iter().find(|c| c["type"] == "PodScheduled").cloned());
-            if let Some(c) = cond
+            if let Some(c) = pod_scheduled(&pod)
                 && c["status"] == "False"
             {
                 assert_eq!(c["reason"], "Unschedulable");
@@ -179,17 +151,12 @@ impl Cluster {
 
     /// The events about pod `name` with `reason`.
     async fn events(&self, name: &str, reason: &str) -> Vec<Value> {
-        let r = self
-            .call(
-                Method::GET,
-                &format!(
-                    "/api/v1/namespaces/default/events?fieldSelector=involvedObject.name%3D{name},reason%3D{reason}"
-                ),
-                None,
-            )
+        let list = self
+            .get(&format!(
+                "/api/v1/namespaces/default/events?fieldSelector=involvedObject.name%3D{name},reason%3D{reason}"
+            ))
             .await;
-        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
-        r.body["items"].as_array().cloned().unwrap_or_default()
+        list["items"].as_array().cloned().unwrap_or_default()
     }
 
     async fn wait_event(&self, name: &str, reason: &str) -> Value {
@@ -228,6 +195,13 @@ impl Cluster {
             .await;
         assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     }
+}
+
+/// The pod's PodScheduled condition, if it has one.
+fn pod_scheduled(pod: &Value) -> Option<Value> {
+    pod["status"]["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == "PodScheduled").cloned())
 }
 
 /// A Ready node with `cpu` and `memory` allocatable, room for `pods` pods, and `extra`
@@ -327,30 +301,14 @@ on_both_stores!(pod_capacity_and_deletes);
 on_both_stores!(host_ports);
 
 async fn selectors_and_affinity(c: &Cluster) {
-    c.node(node(
-        "a",
-        "4",
-        "8Gi",
-        110,
-        json!({"metadata": {"labels": {"disk": "ssd"}}}),
-    ))
-    .await;
-    c.node(node(
-        "b",
-        "4",
-        "8Gi",
-        110,
-        json!({"metadata": {"labels": {"disk": "hdd", "zone": "z1"}}}),
-    ))
-    .await;
-    c.node(node(
-        "c",
-        "4",
-        "8Gi",
-        110,
-        json!({"metadata": {"labels": {"cores": "16"}}}),
-    ))
-    .await;
+    for (name, labels) in [
+        ("a", json!({"disk": "ssd"})),
+        ("b", json!({"disk": "hdd", "zone": "z1"})),
+        ("c", json!({"cores": "16"})),
+    ] {
+        let extra = json!({"metadata": {"labels": labels}});
+        c.node(node(name, "4", "8Gi", 110, extra)).await;
+    }
     let affinity = |terms: Value| {
         json!({"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
             "nodeSelectorTerms": terms}}}})
@@ -403,51 +361,29 @@ async fn selectors_and_affinity(c: &Cluster) {
     assert!(pod["spec"]["nodeName"].is_null(), "{pod}");
     assert!(pod["status"]["conditions"].is_null(), "{pod}");
     let bound = c.get_pod("by-field").await;
-    let cond = bound["status"]["conditions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["type"] == "PodScheduled")
-        .cloned()
-        .unwrap();
-    assert_eq!(cond["status"], "True");
+    assert_eq!(pod_scheduled(&bound).unwrap()["status"], "True");
 }
 
 async fn taints_and_tolerations(c: &Cluster) {
-    c.node(node(
-        "gpu",
-        "4",
-        "8Gi",
-        110,
-        json!({"metadata": {"labels": {"kind": "gpu"}},
-            "spec": {"taints": [{"key": "dedicated", "value": "gpu", "effect": "NoSchedule"}]}}),
-    ))
-    .await;
-    c.node(node(
-        "down",
-        "4",
-        "8Gi",
-        110,
-        json!({"status": {"conditions": [{"type": "Ready", "status": "False"}]}}),
-    ))
-    .await;
-    c.node(node(
-        "cordoned",
-        "4",
-        "8Gi",
-        110,
-        json!({"spec": {"unschedulable": true}}),
-    ))
-    .await;
-    c.node(node(
-        "soft",
-        "4",
-        "8Gi",
-        110,
-        json!({"spec": {"taints": [{"key": "spot", "value": "yes", "effect": "PreferNoSchedule"}]}}),
-    ))
-    .await;
-    c.node(node("plain", "4", "8Gi", 110, json!({}))).await;
+    for (name, extra) in [
+        (
+            "gpu",
+            json!({"metadata": {"labels": {"kind": "gpu"}},
+                "spec": {"taints": [{"key": "dedicated", "value": "gpu", "effect": "NoSchedule"}]}}),
+        ),
+        (
+            "down",
+            json!({"status": {"conditions": [{"type": "Ready", "status": "False"}]}}),
+        ),
+        ("cordoned", json!({"spec": {"unschedulable": true}})),
+        (
+            "soft",
+            json!({"spec": {"taints": [{"key": "spot", "value": "yes", "effect": "PreferNoSchedule"}]}}),
+        ),
+        ("plain", json!({})),
+    ] {
+        c.node(node(name, "4", "8Gi", 110, extra)).await;
+    }
     c.seen_node("plain").await;
     c.pod("anywhere", json!({})).await;
     assert_eq!(
@@ -482,15 +418,11 @@ async fn taints_and_tolerations(c: &Cluster) {
     assert_eq!(e["message"], msg.as_str());
     assert_eq!(e["type"], "Warning");
     // Tolerating the taint later (tolerations may be added) lets it schedule.
-    let r = c
-        .call(
-            Method::PATCH,
-            "/api/v1/namespaces/default/pods/wants-gpu",
-            Some(json!({"spec": {"tolerations": [
-                {"key": "dedicated", "operator": "Exists"}]}})),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    c.patch(
+        "/api/v1/namespaces/default/pods/wants-gpu",
+        json!({"spec": {"tolerations": [{"key": "dedicated", "operator": "Exists"}]}}),
+    )
+    .await;
     assert_eq!(c.bound("wants-gpu").await, "gpu");
 }
 
@@ -525,28 +457,18 @@ async fn resources_and_new_nodes(c: &Cluster) {
     c.node(node("c", "2", "8Gi", 110, json!({}))).await;
     assert_eq!(c.bound("third").await, "c");
     let pod = c.get_pod("third").await;
-    let cond = pod["status"]["conditions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["type"] == "PodScheduled")
-        .cloned()
-        .unwrap();
-    assert_eq!(cond["status"], "True");
+    assert_eq!(pod_scheduled(&pod).unwrap()["status"], "True");
     // A node update (more cpu) also retries.
     c.pod("fourth", cpu("3")).await;
     assert_eq!(
         c.unschedulable("fourth").await,
         "0/4 nodes are available: 1 node(s) had untolerated taint {k: v}, 3 Insufficient cpu."
     );
-    let r = c
-        .call(
-            Method::PATCH,
-            "/api/v1/nodes/a/status",
-            Some(json!({"status": {"allocatable": {"cpu": "8"}}})),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    c.patch(
+        "/api/v1/nodes/a/status",
+        json!({"status": {"allocatable": {"cpu": "8"}}}),
+    )
+    .await;
     assert_eq!(c.bound("fourth").await, "a");
 }
 
@@ -594,14 +516,11 @@ async fn pod_capacity_and_deletes(c: &Cluster) {
     // A finished pod holds no room either.
     c.pod("p4", json!({})).await;
     c.unschedulable("p4").await;
-    let r = c
-        .call(
-            Method::PATCH,
-            "/api/v1/namespaces/default/pods/p2/status",
-            Some(json!({"status": {"phase": "Succeeded"}})),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    c.patch(
+        "/api/v1/namespaces/default/pods/p2/status",
+        json!({"status": {"phase": "Succeeded"}}),
+    )
+    .await;
     assert_eq!(c.bound("p4").await, "tiny");
 }
 
@@ -643,9 +562,10 @@ async fn no_write_storm(store: Arc<dyn Store>) {
     let list = |path: &'static str| {
         let c = &c;
         async move {
-            let r = c.call(Method::GET, path, None).await;
-            assert_eq!(r.status, StatusCode::OK, "{}", r.body);
-            r.body["items"].as_array().cloned().unwrap_or_default()
+            c.get(path).await["items"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
         }
     };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
@@ -944,4 +864,86 @@ async fn memory_with_5000_pods() {
         before.1,
         loaded.1
     );
+}
+
+/// A watch that times out (`watch_timeout` 1 s here) is resumed from the last resourceVersion
+/// it saw, keeping the cache: pods created and deleted after several timeouts are still
+/// acted on, and nothing is listed again. The one list is read in pages (of 2 here).
+async fn watch_timeouts_resume_without_relisting(store: Arc<dyn Store>) {
+    let mut c = Cluster::new(store).await;
+    c.node(node("n1", "4", "8Gi", 110, json!({}))).await;
+    c.node(node("n2", "4", "8Gi", 110, json!({}))).await;
+    c.node(node("n3", "4", "8Gi", 110, json!({}))).await;
+    // 2.5 cpu bound to n1 before the scheduler starts: three pages of pods.
+    for i in 0..5 {
+        let mut spec = cpu("500m");
+        spec["nodeName"] = json!("n1");
+        c.create(
+            "/api/v1/namespaces/default/pods",
+            json!({"metadata": {"name": format!("old-{i}")}, "spec": spec}),
+        )
+        .await;
+    }
+    let s = Scheduler::new(
+        c.api.clone(),
+        SchedulerConfig {
+            watch_timeout: Duration::from_secs(1),
+            list_page_size: 2,
+            ..test_config("s1", false)
+        },
+    );
+    let stats = s.stats();
+    c.schedulers.push(tokio::spawn(s.run()));
+    // Every bound pod of every page counts: 2 cpu do not fit on n1 any more.
+    let mut big = cpu("2");
+    big["nodeSelector"] = json!({"kubernetes.io/hostname": "n1"});
+    c.pod("big", big).await;
+    c.unschedulable("big").await;
+
+    // Let both watches time out (and be resumed) a few times.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while stats.rewatches() < 6 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "watches not resumed: {} rewatches",
+            stats.rewatches()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A new pod right after a timeout is scheduled promptly.
+    let started = tokio::time::Instant::now();
+    c.pod("after-timeout", cpu("100m")).await;
+    c.bound("after-timeout").await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "bound only after {:?}",
+        started.elapsed()
+    );
+    // Deletes seen through a resumed watch free n1 for the pending pod.
+    c.delete_pod("old-0").await;
+    c.delete_pod("old-1").await;
+    assert_eq!(c.bound("big").await, "n1");
+    // And a node added now is seen by the resumed node watch.
+    c.node(node("n4", "4", "8Gi", 110, json!({}))).await;
+    c.seen_node("n4").await;
+
+    assert_eq!(stats.relists(), 1, "listed again");
+    assert_eq!(stats.panics(), 0);
+    assert!(stats.rewatches() >= 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_timeouts_resume_embedded() {
+    let (store, _backend) = embedded_store().await;
+    watch_timeouts_resume_without_relisting(store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_timeouts_resume_etcd() {
+    if !etcd_available() {
+        eprintln!("skipping: no etcd binary");
+        return;
+    }
+    let (store, _backend) = etcd_store().await;
+    watch_timeouts_resume_without_relisting(store).await;
 }
