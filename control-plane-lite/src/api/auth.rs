@@ -47,6 +47,7 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 use super::resources::Resource;
 use super::status::ApiError;
 use super::{ApiServer, Target};
+use crate::store::Pages;
 
 /// The group every node is in.
 pub const NODES_GROUP: &str = "system:nodes";
@@ -398,13 +399,9 @@ impl ApiServer {
         let prefix = res.prefix(Some(NODE_PASSWORD_NAMESPACE));
         let now = super::object::unix_now();
         let mut count = 0;
-        let mut cont = None;
-        loop {
-            let page = self
-                .store
-                .list(&prefix, 500, cont)
-                .await
-                .map_err(|e| ApiError::from_store(e, "secrets", ""))?;
+        let mut pages = Pages::new(&*self.store, &prefix, 500);
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| ApiError::from_store(e, "secrets", ""))?;
             for kv in &page.items {
                 if !kv.key.ends_with(NODE_PASSWORD_SUFFIX) {
                     continue;
@@ -415,11 +412,8 @@ impl ApiServer {
                     count += 1;
                 }
             }
-            match page.continuation() {
-                Some(c) => cont = Some(c),
-                None => return Ok(count),
-            }
         }
+        Ok(count)
     }
 }
 

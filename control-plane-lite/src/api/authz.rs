@@ -41,6 +41,7 @@ use super::auth::User;
 use super::resources::{Kind, Resource};
 use super::status::ApiError;
 use super::{ApiServer, Body, RequestBody, Target, body_json, parse_query, read_body};
+use crate::store::Pages;
 
 /// The namespace of node heartbeats.
 pub const NODE_LEASE_NAMESPACE: &str = "kube-node-lease";
@@ -587,13 +588,9 @@ impl ApiServer {
         let pods = Resource::find("", "v1", "pods").expect("pods are served");
         let prefix = pods.prefix(Some(ns));
         let needle = node_name_needle(node);
-        let mut cont = None;
-        loop {
-            let page = self
-                .store
-                .list(&prefix, 500, cont)
-                .await
-                .map_err(|e| ApiError::from_store(e, "pods", ""))?;
+        let mut pages = Pages::new(&*self.store, &prefix, 500);
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| ApiError::from_store(e, "pods", ""))?;
             for kv in &page.items {
                 if !contains(&kv.value, needle.as_bytes()) {
                     continue;
@@ -608,11 +605,8 @@ impl ApiServer {
                     return Ok(true);
                 }
             }
-            match page.continuation() {
-                Some(c) => cont = Some(c),
-                None => return Ok(false),
-            }
         }
+        Ok(false)
     }
 }
 

@@ -34,7 +34,7 @@ use super::object::{meta_mut, meta_str};
 use super::resources::{Kind, RESOURCES, Resource};
 use super::status::{ApiError, Cause};
 use super::{ApiServer, Target, to_object, to_stored};
-use crate::store::{KeyValue, StoreError, WatchEvent, WatchStream};
+use crate::store::{KeyValue, Pages, StoreError, WatchEvent, WatchStream};
 
 /// The finalizer that makes deletion orphan the dependents first.
 pub const ORPHAN: &str = "orphan";
@@ -232,13 +232,9 @@ impl ApiServer {
             let mut left = false;
             for r in stored_resources().filter(|r| r.namespaced) {
                 let prefix = r.prefix(Some(name));
-                let mut cont = None;
-                loop {
-                    let page = self
-                        .store
-                        .list(&prefix, 500, cont)
-                        .await
-                        .map_err(|e| ApiError::from_store(e, &r.qualified(), ""))?;
+                let mut pages = Pages::new(&*self.store, &prefix, 500);
+                while let Some(page) = pages.next().await {
+                    let page = page.map_err(|e| ApiError::from_store(e, &r.qualified(), ""))?;
                     for kv in &page.items {
                         left = true;
                         let obj = to_object(kv)?;
@@ -257,10 +253,6 @@ impl ApiServer {
                                 tracing::warn!(namespace = name, error = %e, "deleting namespace contents")
                             }
                         }
-                    }
-                    cont = page.continuation();
-                    if cont.is_none() {
-                        break;
                     }
                 }
             }
@@ -325,13 +317,9 @@ impl ApiServer {
         let mut items = Vec::new();
         for r in stored_resources() {
             let prefix = r.prefix(None);
-            let mut cont = None;
-            loop {
-                let page = self
-                    .store
-                    .list(&prefix, 500, cont)
-                    .await
-                    .map_err(|e| ApiError::from_store(e, &r.qualified(), ""))?;
+            let mut pages = Pages::new(&*self.store, &prefix, 500);
+            while let Some(page) = pages.next().await {
+                let page = page.map_err(|e| ApiError::from_store(e, &r.qualified(), ""))?;
                 for kv in page.items.iter() {
                     // `/registry/namespaces/` is no prefix of another resource's keys, but a
                     // resource's prefix can be: keep only keys of this resource's shape.
@@ -347,10 +335,6 @@ impl ApiServer {
                         obj: to_object(kv)?,
                         kv: kv.clone(),
                     });
-                }
-                cont = page.continuation();
-                if cont.is_none() {
-                    break;
                 }
             }
         }

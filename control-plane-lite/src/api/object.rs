@@ -1151,26 +1151,19 @@ async fn other_services(
 ) -> Result<Vec<Value>, ApiError> {
     let prefix = res.prefix(None);
     let mut services = Vec::new();
-    let mut cont = None;
     let same = |s: &Value| {
         meta_str(s, "namespace") == meta_str(obj, "namespace")
             && meta_str(s, "name") == meta_str(obj, "name")
     };
-    loop {
-        let page = store
-            .list(&prefix, 500, cont)
-            .await
-            .map_err(|e| ApiError::from_store(e, &res.qualified(), ""))?;
+    let mut pages = crate::store::Pages::new(store, &prefix, 500);
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(|e| ApiError::from_store(e, &res.qualified(), ""))?;
         services.extend(
             page.items
                 .iter()
                 .filter_map(|kv| serde_json::from_slice::<Value>(&kv.value).ok())
                 .filter(|s| !same(s)),
         );
-        match page.continuation() {
-            Some(c) => cont = Some(c),
-            None => break,
-        }
     }
     Ok(services)
 }

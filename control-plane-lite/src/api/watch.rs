@@ -18,7 +18,7 @@ use super::resources::{Kind, Resource};
 use super::status::ApiError;
 use super::table::{self, IncludeObject};
 use super::{Body, Filter, now_secs, to_object_as};
-use crate::store::{Store, StoreError, WatchEvent};
+use crate::store::{Pages, Store, StoreError, WatchEvent};
 
 /// Default watch lifetime when the client gives no `timeoutSeconds`.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1800);
@@ -105,9 +105,11 @@ pub(super) async fn watch(
     let mut initial: Vec<Bytes> = Vec::new();
     let from = match q.get("resourceVersion").map(String::as_str) {
         None | Some("") | Some("0") => {
-            let mut cont = None;
-            loop {
-                let page = store.list(&prefix, 500, cont).await.map_err(store_err)?;
+            let mut revision = 0;
+            let mut pages = Pages::new(&*store, &prefix, 500);
+            while let Some(page) = pages.next().await {
+                let page = page.map_err(store_err)?;
+                revision = page.revision;
                 for kv in &page.items {
                     let ev = WatchEvent::Put {
                         kv: kv.clone(),
@@ -117,11 +119,8 @@ pub(super) async fn watch(
                         initial.push(line);
                     }
                 }
-                cont = page.continuation();
-                if cont.is_none() {
-                    break page.revision;
-                }
             }
+            revision
         }
         Some(rv) => parse_rv(rv)?,
     };

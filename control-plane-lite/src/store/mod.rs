@@ -84,6 +84,36 @@ impl ListResult {
     }
 }
 
+/// Every key under a prefix, a page at a time, all pages read at the first page's revision:
+/// `while let Some(page) = pages.next().await { .. }`. Ends after the last page or an error.
+pub struct Pages<'a> {
+    store: &'a dyn Store,
+    prefix: &'a str,
+    page_size: usize,
+    /// Where the next page starts (None inside: the first page); None once done.
+    next: Option<Option<ListContinue>>,
+}
+
+impl<'a> Pages<'a> {
+    pub fn new(store: &'a dyn Store, prefix: &'a str, page_size: usize) -> Pages<'a> {
+        Pages {
+            store,
+            prefix,
+            page_size,
+            next: Some(None),
+        }
+    }
+
+    pub async fn next(&mut self) -> Option<Result<ListResult, StoreError>> {
+        let from = self.next.take()?;
+        let page = self.store.list(self.prefix, self.page_size, from).await;
+        if let Ok(p) = &page {
+            self.next = p.continuation().map(Some);
+        }
+        Some(page)
+    }
+}
+
 /// What a watch delivers, in revision order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum WatchEvent {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use keelson_server::store::{KeyValue, ListContinue, Store, StoreError, WatchEvent};
+use keelson_server::store::{KeyValue, ListContinue, Pages, Store, StoreError, WatchEvent};
 
 use crate::support::{Fixture, next_change, value};
 
@@ -203,6 +203,31 @@ pub async fn list_paging(store: Arc<dyn Store>) {
     // An empty prefix range.
     let empty = store.list("/registry/nothing/", 10, None).await.unwrap();
     assert!(empty.items.is_empty() && !empty.more);
+
+    // `Pages`: every key once, in order, all pages at the first page's revision (a key written
+    // between pages does not show), then the end.
+    let mut pages = Pages::new(&*store, prefix, 7);
+    let mut keys = Vec::new();
+    let mut revisions = Vec::new();
+    while let Some(page) = pages.next().await {
+        let page = page.unwrap();
+        revisions.push(page.revision);
+        keys.extend(page.items.iter().map(|kv| kv.key.clone()));
+        if revisions.len() == 1 {
+            store
+                .create(&format!("{prefix}ns/zz-late"), Bytes::from_static(b"late"))
+                .await
+                .unwrap();
+        }
+    }
+    assert_eq!(revisions.len(), 4, "26 keys in pages of 7");
+    assert!(revisions.iter().all(|r| *r == revisions[0]));
+    let want: Vec<String> = now.items.iter().map(|kv| kv.key.clone()).collect();
+    assert_eq!(keys, want);
+    assert!(pages.next().await.is_none());
+    let mut empty = Pages::new(&*store, "/registry/nothing/", 7);
+    assert!(empty.next().await.unwrap().unwrap().items.is_empty());
+    assert!(empty.next().await.is_none());
 }
 
 /// What a sequence of writes should produce on a watch.
