@@ -38,6 +38,7 @@ use serde_json::Value;
 use thiserror::Error;
 
 use super::auth::User;
+use super::raw;
 use super::resources::{Kind, Resource};
 use super::status::ApiError;
 use super::{ApiServer, Body, RequestBody, Target, body_json, parse_query, read_body};
@@ -277,29 +278,23 @@ pub fn mirror_pod_refusal(pod: &Value, node: &str) -> Option<String> {
     }
     let volumes = spec["volumes"].as_array().map_or(&[][..], Vec::as_slice);
     let named = |v: &Value| format!("{:?}", v["name"].as_str().unwrap_or_default());
-    let mut secrets = pod_references(pod, Kind::Secret);
-    secrets.extend(in_tree_volume_secrets(pod));
-    // A source without a name references a secret all the same.
-    if secrets.is_empty()
-        && let Some(v) = volumes.iter().find(|v| v["secret"].is_object())
-    {
-        return cannot(format!("references a secret (volume {})", named(v)));
-    }
-    if !secrets.is_empty() {
-        secrets.sort();
-        secrets.dedup();
-        return cannot(format!("references secrets {secrets:?}"));
-    }
-    let mut configmaps = pod_references(pod, Kind::ConfigMap);
-    if configmaps.is_empty()
-        && let Some(v) = volumes.iter().find(|v| v["configMap"].is_object())
-    {
-        return cannot(format!("references a configmap (volume {})", named(v)));
-    }
-    if !configmaps.is_empty() {
-        configmaps.sort();
-        configmaps.dedup();
-        return cannot(format!("references configmaps {configmaps:?}"));
+    for (kind, volume, one, many) in [
+        (Kind::Secret, "secret", "a secret", "secrets"),
+        (Kind::ConfigMap, "configMap", "a configmap", "configmaps"),
+    ] {
+        let mut names = pod_references(pod, kind);
+        if kind == Kind::Secret {
+            names.extend(in_tree_volume_secrets(pod));
+        }
+        if !names.is_empty() {
+            names.sort();
+            names.dedup();
+            return cannot(format!("references {many} {names:?}"));
+        }
+        // A source without a name references one all the same.
+        if let Some(v) = volumes.iter().find(|v| v[volume].is_object()) {
+            return cannot(format!("references {one} (volume {})", named(v)));
+        }
     }
     for v in volumes {
         if let Some(claim) = v.get("persistentVolumeClaim") {
@@ -592,7 +587,7 @@ impl ApiServer {
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| ApiError::from_store(e, "pods", ""))?;
             for kv in &page.items {
-                if !contains(&kv.value, needle.as_bytes()) {
+                if !raw::contains(&kv.value, needle.as_bytes()) {
                     continue;
                 }
                 let Ok(pod) = serde_json::from_slice::<Value>(&kv.value) else {
@@ -613,10 +608,6 @@ impl ApiServer {
 /// `"nodeName":"<node>"` as compact JSON writes it (the node's name escaped like any string).
 fn node_name_needle(node: &str) -> String {
     format!("\"nodeName\":{}", Value::from(node))
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    needle.is_empty() || haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 #[cfg(test)]
@@ -841,21 +832,21 @@ mod tests {
         let pod = json!({"metadata": {"name": "p", "labels": {"nodeName": "n1x"}}, "spec": {"nodeName": "n1", "containers": []}});
         // Stored values are `Value::to_string()` (see `to_stored`).
         let stored = pod.to_string();
-        assert!(contains(
+        assert!(raw::contains(
             stored.as_bytes(),
             node_name_needle("n1").as_bytes()
         ));
-        assert!(!contains(
+        assert!(!raw::contains(
             stored.as_bytes(),
             node_name_needle("n").as_bytes()
         ));
-        assert!(!contains(
+        assert!(!raw::contains(
             stored.as_bytes(),
             node_name_needle("n2").as_bytes()
         ));
         // A name that needs escaping is looked for escaped.
         let odd = json!({"spec": {"nodeName": "a\"b"}}).to_string();
-        assert!(contains(
+        assert!(raw::contains(
             odd.as_bytes(),
             node_name_needle("a\"b").as_bytes()
         ));

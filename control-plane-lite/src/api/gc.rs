@@ -30,7 +30,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use super::object::{meta_mut, meta_str};
+use super::object::{meta_mut, meta_str, strings};
+use super::raw;
 use super::resources::{Kind, RESOURCES, Resource};
 use super::status::{ApiError, Cause};
 use super::{ApiServer, Target, to_object, to_stored};
@@ -115,15 +116,7 @@ pub fn propagation(
 
 /// `metadata.finalizers` of `obj`.
 pub fn finalizers(obj: &Value) -> Vec<String> {
-    obj["metadata"]["finalizers"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_str)
-                .map(str::to_string)
-                .collect()
-        })
-        .unwrap_or_default()
+    strings(&obj["metadata"]["finalizers"])
 }
 
 /// The finalizers an object has once a delete with `policy` starts: `orphan` or
@@ -757,8 +750,7 @@ fn relevant(ev: &WatchEvent) -> bool {
 /// Whether a stored object has owners or is being deleted (the JSON keys occur in its bytes;
 /// inside JSON strings a quote is always escaped, so string contents cannot fake them).
 fn may_need_collection(value: &[u8]) -> bool {
-    let has = |needle: &[u8]| value.windows(needle.len()).any(|w| w == needle);
-    has(b"\"deletionTimestamp\"") || has(b"\"ownerReferences\"")
+    raw::contains(value, b"\"deletionTimestamp\"") || raw::contains(value, b"\"ownerReferences\"")
 }
 
 #[cfg(test)]

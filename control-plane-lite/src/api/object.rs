@@ -160,6 +160,18 @@ pub fn meta_mut(obj: &mut Value) -> &mut Map<String, Value> {
         .expect("metadata is an object")
 }
 
+/// The strings of a JSON array (other elements skipped); empty for anything but an array.
+pub fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 pub fn labels(obj: &Value) -> BTreeMap<String, String> {
     meta(obj)
         .get("labels")

@@ -35,6 +35,12 @@ pub fn with_resource_version(stored: &[u8], revision: i64) -> Result<Vec<u8>, Ra
     Ok(out)
 }
 
+/// Whether `needle` occurs in the stored bytes `haystack` (an empty needle always does): a
+/// cheap test before parsing, for keys and values whose JSON form is known exactly.
+pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    needle.is_empty() || haystack.windows(needle.len()).any(|w| w == needle)
+}
+
 /// A list body (`{"apiVersion":..,"items":[..],"kind":..,"metadata":..}`) from items that are
 /// already JSON objects.
 pub fn list_body(

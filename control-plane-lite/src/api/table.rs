@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use super::object::meta;
+use super::object::{meta, strings};
 use super::resources::Kind;
 
 /// What each row carries besides its cells (`?includeObject=`).
@@ -559,17 +559,7 @@ fn service_cells(obj: &Value, name: Value, age: Value) -> Vec<Value> {
         .get("type")
         .and_then(Value::as_str)
         .unwrap_or("ClusterIP");
-    let strings = |v: Option<&Value>| -> Vec<String> {
-        v.and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(Value::as_str)
-                    .map(str::to_string)
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    let external_ips = strings(spec.get("externalIPs"));
+    let external_ips = strings(&spec["externalIPs"]);
     let external = match ty {
         "ExternalName" => str_or_none(spec.get("externalName")),
         "LoadBalancer" => {

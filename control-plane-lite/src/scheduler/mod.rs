@@ -1076,20 +1076,19 @@ mod tests {
         p
     }
 
+    /// A node with nothing on it.
+    fn idle(node: &Node) -> NodeState<'_> {
+        NodeState {
+            node,
+            usage: &NO_USAGE,
+        }
+    }
+
     #[test]
     fn select_node_filters_then_scores() {
         let a = named_node("a", "1");
         let b = named_node("b", "8");
-        let states = [
-            NodeState {
-                node: &a,
-                usage: &NO_USAGE,
-            },
-            NodeState {
-                node: &b,
-                usage: &NO_USAGE,
-            },
-        ];
+        let states = [idle(&a), idle(&b)];
         assert_eq!(select_node(&pod(json!({})), &states), Ok("b".into()));
         let two = pod(json!({"spec": {"containers": [{"name": "c", "image": "i",
             "resources": {"requests": {"cpu": "2"}}}]}}));
@@ -1535,16 +1534,7 @@ mod tests {
     fn ties_go_to_the_first_node() {
         let a = named_node("a", "4");
         let b = named_node("b", "4");
-        let states = [
-            NodeState {
-                node: &a,
-                usage: &NO_USAGE,
-            },
-            NodeState {
-                node: &b,
-                usage: &NO_USAGE,
-            },
-        ];
+        let states = [idle(&a), idle(&b)];
         assert_eq!(select_node(&pod(json!({})), &states), Ok("a".into()));
         let reversed = [states[1], states[0]];
         assert_eq!(select_node(&pod(json!({})), &reversed), Ok("b".into()));
