@@ -1381,7 +1381,7 @@ fn new_user_walkthrough(s: &Server) {
     let watch_out = s.dir.path().join("watch.out");
     let mut watch = s
         .command(&s.kubeconfig())
-        .args(["get", "pods", "-w", "--request-timeout=0"])
+        .args(["get", "pods", "-w", "-L", "tier", "--request-timeout=0"])
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&watch_out).unwrap())
         .stderr(Stdio::null())
@@ -1423,6 +1423,17 @@ fn new_user_walkthrough(s: &Server) {
         "{wide}"
     );
 
+    // The watch has printed web (how many lines depends on when its initial list ran relative
+    // to the create and the binding) before the change is applied.
+    let web_lines = || -> Vec<String> {
+        std::fs::read_to_string(&watch_out)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.starts_with("web "))
+            .map(str::to_string)
+            .collect()
+    };
+    eventually(s, "the watch prints web", || !web_lines().is_empty());
     let changed = s.write(
         "web2.yaml",
         &POD.replace("labels: {app: web}", "labels: {app: web, tier: front}")
@@ -1433,10 +1444,16 @@ fn new_user_walkthrough(s: &Server) {
     let pod = s.json(&["get", "pod", "web"]);
     assert_eq!(pod["spec"]["containers"][0]["image"], "busybox:1.37");
     assert_eq!(pod["metadata"]["labels"]["tier"], "front");
-    eventually(s, "the watch prints web's changes", || {
-        let text = std::fs::read_to_string(&watch_out).unwrap_or_default();
-        text.lines().filter(|l| l.starts_with("web ")).count() >= 3
+    eventually(s, "the watch prints web's change (TIER front)", || {
+        web_lines()
+            .iter()
+            .any(|l| l.split_whitespace().last() == Some("front"))
     });
+    let lines = web_lines();
+    assert!(
+        lines.len() >= 2 && !lines[0].contains("front"),
+        "the watch printed web before and after the change: {lines:?}"
+    );
     let _ = watch.kill();
     let _ = watch.wait();
 
